@@ -1,0 +1,173 @@
+"""Prometheus view of a worker, read from the estimators at scrape time.
+
+Nothing on the event path touches prometheus-client: the collector walks the
+series this worker owns when Prometheus scrapes.  An undefined value (a
+window without a usable sample, an NPS of nobody) is left out rather than
+exposed as NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from agents.pipeline import Aggregator, Ingestor
+from models.routing import Router, split_series_key
+from models.spec import Catalog, Indicator
+
+KINDS = ("cpi", "kpi", "metric")
+
+
+def _identity_labels(indicator: Indicator) -> dict[str, str]:
+    labels = {indicator.kind: indicator.name, "owner": indicator.owner}
+    if indicator.kind == "cpi":
+        labels["journey_step"] = indicator.journey_step
+    return labels
+
+
+class WorkerCollector(Collector):
+    """Every cpimon_* metric of one worker."""
+
+    def __init__(
+        self, catalog: Catalog, ingestor: Ingestor, aggregator: Aggregator, router: Router
+    ) -> None:
+        self.catalog = catalog
+        self.ingestor = ingestor
+        self.aggregator = aggregator
+        self.router = router
+
+    def describe(self) -> Iterator[Metric]:
+        # Families depend on the catalog, not on data; describing none keeps
+        # registration from calling collect() before the worker runs.
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._indicator_families()
+        yield from self._target_families()
+        yield from self._pipeline_families()
+
+    def _indicator_families(self) -> Iterator[Metric]:
+        families: dict[tuple[str, str], Metric] = {}
+
+        def family(kind: str, suffix: str, doc: str, counter: bool = False) -> Metric:
+            name = f"cpimon_{kind}_{suffix}"
+            if (kind, suffix) not in families:
+                cls = CounterMetricFamily if counter else GaugeMetricFamily
+                families[(kind, suffix)] = cls(name, doc, labels=None)
+            return families[(kind, suffix)]
+
+        late: dict[tuple[str, str], int] = {}
+        open_windows = 0
+        for owned in self.aggregator.owned().values():
+            open_windows += owned.open_windows()
+            for key, series in owned.series.items():
+                name, segment = split_series_key(key)
+                indicator = owned.indicators.get(name)
+                if indicator is None:
+                    continue
+                labels = _identity_labels(indicator)
+                labels.update(zip((s.label for s in indicator.segment_by), segment, strict=False))
+                kind: str = indicator.kind
+                closed, live = series.last_closed, series.live
+                if closed is not None and closed.value is not None:
+                    family(kind, "value", f"{kind} value of the last closed window").add_sample(
+                        f"cpimon_{kind}_value", labels, closed.value
+                    )
+                if live is not None and live.value is not None:
+                    family(
+                        kind, "live_value", f"{kind} value of the open window so far"
+                    ).add_sample(f"cpimon_{kind}_live_value", labels, live.value)
+                family(kind, "events", f"Events counted into the {kind}", counter=True).add_sample(
+                    f"cpimon_{kind}_events_total", labels, series.events_total
+                )
+                late_key = (kind, name)
+                late[late_key] = late.get(late_key, 0) + series.late_total
+        yield from families.values()
+        late_family = CounterMetricFamily(
+            "cpimon_events_late", "Events dropped because their window had closed", labels=None
+        )
+        for (kind, name), count in sorted(late.items()):
+            late_family.add_sample("cpimon_events_late_total", {kind: name}, count)
+        yield late_family
+        yield GaugeMetricFamily(
+            "cpimon_open_windows", "Windows open on this worker", value=open_windows
+        )
+        yield GaugeMetricFamily(
+            "cpimon_owned_partitions",
+            "Observation partitions whose series this worker exposes",
+            value=len(self.aggregator.owned()),
+        )
+
+    def _target_families(self) -> Iterator[Metric]:
+        for kind in KINDS:
+            targets = GaugeMetricFamily(
+                f"cpimon_{kind}_target", f"Target of each {kind}", labels=[kind, "owner", "bound"]
+            )
+            for indicator in self.catalog.indicators:
+                if indicator.kind == kind and indicator.target is not None:
+                    targets.add_metric(
+                        [indicator.name, indicator.owner, indicator.target.bound],
+                        indicator.target.value,
+                    )
+            if targets.samples:
+                yield targets
+
+    def _pipeline_families(self) -> Iterator[Metric]:
+        consumed = CounterMetricFamily(
+            "cpimon_events_consumed", "Messages read from input topics", labels=["topic"]
+        )
+        for topic, count in sorted(self.ingestor.consumed.items()):
+            consumed.add_metric([topic], count)
+        yield consumed
+        rejected = CounterMetricFamily(
+            "cpimon_events_rejected",
+            "Messages sent to the dead-letter topic, by reason",
+            labels=["topic", "reason"],
+        )
+        for (topic, reason), count in sorted(self.ingestor.rejected.items()):
+            rejected.add_metric([topic, reason], count)
+        yield rejected
+        histogram = self.ingestor.delay
+        delay = HistogramMetricFamily(
+            "cpimon_event_delay_seconds",
+            "Processing time minus event time",
+            labels=None,
+        )
+        delay.add_metric(
+            [],
+            [(_bound(b), float(c)) for b, c in histogram.cumulative()],
+            sum_value=histogram.total,
+        )
+        yield delay
+        folded = CounterMetricFamily(
+            "cpimon_segment_values_folded",
+            "Segment values beyond the cap, counted into 'other'",
+            labels=["cpi", "label"],
+        )
+        for (name, label), count in sorted(self.router.folded().items()):
+            folded.add_metric([name, label], count)
+        yield folded
+        unmeasurable = CounterMetricFamily(
+            "cpimon_events_unmeasurable",
+            "Matching events whose measured field was missing or not usable",
+            labels=["indicator"],
+        )
+        for name, count in sorted(self.router.unmeasurable().items()):
+            unmeasurable.add_metric([name], count)
+        yield unmeasurable
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def register(registry: CollectorRegistry, collector: WorkerCollector) -> None:
+    registry.register(collector)

@@ -1,0 +1,161 @@
+"""The two stages of a worker, free of Faust so that they can be driven by tests directly.
+
+Stage 1, :class:`Ingestor`: a batch of raw journey events → decoded, validated,
+routed observations grouped by the observation partition that owns their
+series, plus the dead letters.
+
+Stage 2, :class:`Aggregator`: batches of observations → windowed series of the
+partitions this worker owns.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from agents.metrics import DelayHistogram
+from models.aggregation import ClosedWindow, PartitionSeries
+from models.errors import EventRejected
+from models.routing import Router
+from models.spec import Catalog
+from streams.codec import decode_event
+from streams.deadletter import DeadLetter
+
+#: Series key → observation partition, remembered for the keys seen most (bounded).
+_PARTITION_CACHE_LIMIT = 100_000
+
+
+@dataclass
+class IngestResult:
+    """What one batch of raw events turned into."""
+
+    #: observation partition → encoded observations record value
+    records: dict[int, bytes]
+    dead_letters: list[DeadLetter]
+    accepted: int
+
+
+@dataclass
+class Ingestor:
+    """Stage 1: decode, validate, route and repartition journey events."""
+
+    router: Router
+    observation_partitions: int
+    max_event_bytes: int = 64 * 1024
+    max_future_seconds: float = 300.0
+    consumed: dict[str, int] = field(default_factory=dict)
+    rejected: dict[tuple[str, str], int] = field(default_factory=dict)
+    delay: DelayHistogram = field(default_factory=DelayHistogram)
+    _partition_of: dict[str, int] = field(default_factory=dict)
+
+    def partition_for(self, key: str) -> int:
+        """Stable across processes and restarts (unlike ``hash``), so every worker agrees."""
+        partition = self._partition_of.get(key)
+        if partition is None:
+            partition = zlib.crc32(key.encode()) % self.observation_partitions
+            if len(self._partition_of) >= _PARTITION_CACHE_LIMIT:
+                self._partition_of.clear()
+            self._partition_of[key] = partition
+        return partition
+
+    def process(
+        self,
+        topic: str,
+        partition: int,
+        partitions: int,
+        records: Sequence[Any],
+        now: float,
+    ) -> IngestResult:
+        """Decode and route one batch of records (aiokafka ConsumerRecord-like).
+
+        ``partitions`` is the partition count of ``topic``.  Every observation
+        partition gets a record, empty or not, so that each learns how far this
+        source has progressed in event time (see :class:`models.aggregation.SourceClock`).
+        """
+        by_partition: dict[int, list[list[Any]]] = {
+            target: [] for target in range(self.observation_partitions)
+        }
+        dead_letters: list[DeadLetter] = []
+        delays: list[float] = []
+        newest: float | None = None
+        observe = self.router.observe
+        partition_for = self.partition_for
+        max_bytes, horizon = self.max_event_bytes, self.max_future_seconds
+        for record in records:
+            try:
+                name, event_time, event = decode_event(
+                    record.value, now=now, max_bytes=max_bytes, max_future_seconds=horizon
+                )
+            except EventRejected as rejection:
+                dead_letters.append(
+                    DeadLetter(
+                        record.key,
+                        record.value,
+                        rejection.reason,
+                        rejection.detail,
+                        topic,
+                        partition,
+                        record.offset,
+                    )
+                )
+                continue
+            delays.append(now - event_time)
+            if newest is None or event_time > newest:
+                newest = event_time
+            offset = record.offset
+            for key, value in observe(name, event):
+                by_partition[partition_for(key)].append([key, event_time, value, offset])
+        self.delay.observe_many(delays)
+        self.consumed[topic] = self.consumed.get(topic, 0) + len(records)
+        for letter in dead_letters:
+            counter_key = (topic, letter.reason)
+            self.rejected[counter_key] = self.rejected.get(counter_key, 0) + 1
+        encoded = {
+            target: orjson.dumps([topic, partition, partitions, newest, observations])
+            for target, observations in by_partition.items()
+        }
+        return IngestResult(encoded, dead_letters, len(records) - len(dead_letters))
+
+
+@dataclass
+class Aggregator:
+    """Stage 2: the windowed series of the observation partitions this worker owns."""
+
+    catalog: Catalog
+    idle_timeout: float = 30.0
+    partitions: dict[int, PartitionSeries] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._indicators = {indicator.name: indicator for indicator in self.catalog.indicators}
+
+    def partition(self, number: int) -> PartitionSeries:
+        owned = self.partitions.get(number)
+        if owned is None:
+            owned = self.partitions[number] = PartitionSeries(self._indicators, self.idle_timeout)
+        return owned
+
+    def process(self, partition: int, values: Iterable[bytes], now: float) -> list[ClosedWindow]:
+        """Apply encoded observation records of one partition; return the windows that closed."""
+        owned = self.partition(partition)
+        for value in values:
+            topic, source_partition, source_partitions, newest, observations = orjson.loads(value)
+            owned.apply((topic, source_partition, source_partitions), newest, observations, now)
+        return owned.close_due(now)
+
+    def close_idle(self, now: float, idle_timeout: float) -> list[ClosedWindow]:
+        closed: list[ClosedWindow] = []
+        for owned in self.partitions.values():
+            closed.extend(owned.close_if_idle(now, idle_timeout))
+        return closed
+
+    def release(self, partitions: Iterable[int]) -> None:
+        """Forget partitions this worker no longer owns, so it stops exposing their series."""
+        for number in partitions:
+            self.partitions.pop(number, None)
+
+    def owned(self) -> Mapping[int, PartitionSeries]:
+        return self.partitions

@@ -1,0 +1,183 @@
+"""The windowed series of one observation partition.
+
+Each partition of the observations topic is owned by one worker; this object
+holds every (indicator, segment) series routed to it, the partition's event
+time, and closes windows when event time (or, for a quiet stream, processing
+time) moves past them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from models.routing import split_series_key
+from models.spec import Indicator
+from models.windows import WindowedSeries, WindowValue
+
+#: One routed observation on the wire: [series key, event time, value, source offset].
+WireObservation = Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedWindow:
+    """A window that just closed, with the series it belongs to."""
+
+    indicator: Indicator
+    segment: tuple[str, ...]
+    window: WindowValue
+
+
+class SourceClock:
+    """Event time of a partition as the minimum progress over its sources.
+
+    Observations reach a partition from every partition of the input topics,
+    each in its own order and at its own pace (a worker catching up reads one
+    partition's backlog before another's).  Windows may only close once every
+    source has passed them, so event time is the slowest source's newest event
+    time.  A source silent for ``idle_timeout`` seconds of processing time stops
+    holding the others back, and so does one never heard from, once its topic
+    has been seen for that long.
+
+    >>> clock = SourceClock(idle_timeout=30.0)
+    >>> clock.observe("events", 0, 2, 100.0, now=0.0)
+    >>> clock.event_time(now=1.0) is None  # partition 1 not heard from yet
+    True
+    >>> clock.observe("events", 1, 2, 40.0, now=2.0)
+    >>> clock.event_time(now=3.0)
+    40.0
+    >>> clock.event_time(now=40.0)  # both silent too long: the newest wins
+    100.0
+    """
+
+    __slots__ = ("_first_seen", "_heard", "_newest", "_partitions", "idle_timeout")
+
+    def __init__(self, idle_timeout: float) -> None:
+        self.idle_timeout = idle_timeout
+        self._partitions: dict[str, int] = {}
+        self._first_seen: dict[str, float] = {}
+        #: (topic, partition) -> newest event time / processing time last heard
+        self._newest: dict[tuple[str, int], float] = {}
+        self._heard: dict[tuple[str, int], float] = {}
+
+    def observe(
+        self, topic: str, partition: int, partitions: int, newest: float | None, now: float
+    ) -> None:
+        self._partitions[topic] = max(partitions, partition + 1)
+        self._first_seen.setdefault(topic, now)
+        source = (topic, partition)
+        self._heard[source] = now
+        if newest is not None and newest > self._newest.get(source, float("-inf")):
+            self._newest[source] = newest
+
+    def event_time(self, now: float) -> float | None:
+        """The partition's event time, or None while a live source has not reported yet."""
+        slowest: float | None = None
+        newest_silent: float | None = None
+        for topic, count in self._partitions.items():
+            for partition in range(count):
+                source = (topic, partition)
+                newest = self._newest.get(source)
+                heard = self._heard.get(source)
+                if heard is None:
+                    if now - self._first_seen[topic] < self.idle_timeout:
+                        return None
+                    continue
+                if newest is None:
+                    continue
+                if now - heard >= self.idle_timeout:
+                    newest_silent = newest if newest_silent is None else max(newest_silent, newest)
+                    continue
+                slowest = newest if slowest is None else min(slowest, newest)
+        return slowest if slowest is not None else newest_silent
+
+
+class PartitionSeries:
+    """Every series of one partition, created on demand from the catalog.
+
+    >>> from models.spec import Indicator, Measure
+    >>> ok = Indicator(name="ok", kind="cpi", description="", owner="t",
+    ...                measure=Measure(kind="rate", path="p"), window=60, allowed_lateness=0)
+    >>> part = PartitionSeries({"ok": ok}, idle_timeout=30.0)
+    >>> part.apply(("events", 0, 1), 1.5, [["ok", 0.5, 1.0, 0], ["ok", 1.5, 0.0, 1]], now=100.0)
+    >>> part.apply(("events", 0, 1), 61.0, [["ok", 61.0, 1.0, 2]], now=101.0)
+    >>> [(c.window.start, c.window.value) for c in part.close_due(now=101.0)]
+    [(0.0, 0.5)]
+    """
+
+    __slots__ = ("clock", "indicators", "last_activity", "series", "unknown")
+
+    def __init__(self, indicators: Mapping[str, Indicator], idle_timeout: float) -> None:
+        self.indicators = dict(indicators)
+        self.series: dict[str, WindowedSeries] = {}
+        self.clock = SourceClock(idle_timeout)
+        self.last_activity = 0.0
+        #: Observations naming an indicator this worker's catalog does not have.
+        self.unknown = 0
+
+    def _new_series(self, key: str) -> WindowedSeries | None:
+        name, _segment = split_series_key(key)
+        indicator = self.indicators.get(name)
+        if indicator is None:
+            return None
+        series = WindowedSeries(indicator.measure, indicator.window, indicator.allowed_lateness)
+        self.series[key] = series
+        return series
+
+    def apply(
+        self,
+        source: tuple[str, int, int],
+        newest: float | None,
+        observations: Iterable[WireObservation],
+        now: float,
+    ) -> None:
+        """Add one source's observations to their windows (late ones are counted by their series).
+
+        ``source`` is (topic, partition, partition count) of the input the
+        observations came from, ``newest`` its newest event time so far.
+        """
+        series_by_key = self.series
+        for key, event_time, value, _offset in observations:
+            series = series_by_key.get(key)
+            if series is None:
+                series = self._new_series(key)
+                if series is None:
+                    self.unknown += 1
+                    continue
+            series.add(event_time, value)
+        topic, partition, partitions = source
+        self.clock.observe(topic, partition, partitions, newest, now)
+        self.last_activity = now
+
+    def close_due(self, now: float) -> list[ClosedWindow]:
+        """Close the windows that every source's event time has passed."""
+        event_time = self.clock.event_time(now)
+        if event_time is None:
+            return []
+        closed = []
+        for key, series in self.series.items():
+            for window in series.advance(event_time):
+                closed.append(self._closed(key, window))
+        return closed
+
+    def close_if_idle(self, now: float, idle_timeout: float) -> list[ClosedWindow]:
+        """After ``idle_timeout`` seconds without observations, close every open window.
+
+        Without this the last window of a quiet stream would stay open forever,
+        because only newer events move event time forward.
+        """
+        if now - self.last_activity < idle_timeout:
+            return self.close_due(now)
+        closed: list[ClosedWindow] = []
+        for key, series in self.series.items():
+            if series.open_windows:
+                closed.extend(self._closed(key, window) for window in series.close_all())
+        return closed
+
+    def _closed(self, key: str, window: WindowValue) -> ClosedWindow:
+        name, segment = split_series_key(key)
+        return ClosedWindow(self.indicators[name], segment, window)
+
+    def open_windows(self) -> int:
+        return sum(series.open_windows for series in self.series.values())

@@ -1,0 +1,1 @@
+"""The Kafka side: Faust app and settings, topics, codecs, dead letters, embedded broker."""

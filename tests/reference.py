@@ -1,0 +1,96 @@
+"""Expected CPI values computed straight from produced events, with numpy.
+
+Deliberately independent of ``models.routing`` and ``models.measures``: it
+re-reads the catalog's definitions with plain dict walks, so a bug in the
+worker's routing or estimators cannot hide in the expectation too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from models.spec import Indicator
+
+
+def dig(event: dict[str, Any], path: str) -> Any:
+    node: Any = event
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def event_time(event: dict[str, Any]) -> float:
+    stamp = event["timestamp"]
+    if isinstance(stamp, int | float):
+        return float(stamp)
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _measured(indicator: Indicator, name: str, event: dict[str, Any]) -> float | None:
+    measure = indicator.measure
+    if measure.kind == "count":
+        return 1.0
+    if measure.kind == "ratio":
+        return 1.0 if name in measure.numerator_events else 0.0
+    assert measure.path is not None
+    raw = dig(event, measure.path)
+    if measure.kind == "rate":
+        if measure.equals is not None:
+            return None if raw is None else float(raw == measure.equals)
+        return float(raw) if isinstance(raw, bool) else None
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        return None
+    return float(raw)
+
+
+def windows_by_segment(
+    indicator: Indicator, events: list[dict[str, Any]]
+) -> dict[tuple[str, ...], dict[float, list[float]]]:
+    """segment → window start → the values the indicator takes from ``events``."""
+    names = set(indicator.events) | set(indicator.measure.numerator_events)
+    groups: dict[tuple[str, ...], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for event in events:
+        name = event.get("event") or event.get("name")
+        if "*" not in names and name not in names:
+            continue
+        if any(dig(event, path) != expected for path, expected in indicator.where):
+            continue
+        value = _measured(indicator, str(name), event)
+        if value is None:
+            continue
+        segment = tuple(str(dig(event, s.path)) for s in indicator.segment_by)
+        start = math.floor(event_time(event) / indicator.window) * indicator.window
+        groups[segment][float(start)].append(value)
+    return groups
+
+
+def value_of(indicator: Indicator, values: list[float]) -> float | None:
+    """The indicator's value over one window's values, computed with numpy."""
+    data = np.asarray(values, dtype=float)
+    measure = indicator.measure
+    kind = measure.kind
+    if kind in ("rate", "mean"):
+        return float(np.mean(data))
+    if kind == "sum":
+        return float(np.sum(data))
+    if kind == "count":
+        return float(data.size)
+    if kind == "quantile":
+        assert measure.q is not None
+        return float(np.quantile(data, measure.q))
+    if kind == "nps":
+        return float(100.0 * (np.mean(data >= 9) - np.mean(data <= 6)))
+    if kind == "csat":
+        threshold = 4.0 if measure.threshold is None else measure.threshold
+        return float(np.mean(data >= threshold))
+    if kind == "ratio":
+        denominator = np.sum(data == 0.0)
+        return None if denominator == 0 else float(np.sum(data == 1.0) / denominator)
+    raise AssertionError(f"no reference for measure {kind}")

@@ -1,0 +1,110 @@
+"""Helpers shared by integration tests: worker processes, polling, scraping."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from agents.demo import Sample, scrape, stop_process
+from streams.broker import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_CATALOG = ROOT / "catalog.example.yaml"
+
+#: Settings that make Faust quick to join a group and correct on the Tansu broker.
+TANSU_ENV = {
+    "CPIMON_SESSION_TIMEOUT": "2",
+    "CPIMON_HEARTBEAT_INTERVAL": "0.5",
+    "CPIMON_PRODUCER_MAX_BATCH_SIZE": "1",
+    "CPIMON_AUTO_OFFSET_RESET": "earliest",
+}
+
+T = TypeVar("T")
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+class WorkerProcess:
+    """A ``cpimon worker`` child process with its metrics URL and log."""
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+        self.process = process
+        self.port = port
+        self.log_path = log_path
+        self.url = f"http://127.0.0.1:{port}/metrics"
+
+    def samples(self) -> list[Sample]:
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"worker exited with {self.process.returncode}:\n{self.log_tail()}"
+            )
+        try:
+            return scrape(self.url)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return []
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """Sum of the samples called ``name`` whose labels include ``labels``."""
+        found = [
+            value
+            for sample_name, sample_labels, value in self.samples()
+            if sample_name == name and labels.items() <= sample_labels.items()
+        ]
+        return sum(found) if found else None
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@contextmanager
+def worker_process(
+    broker_url: str,
+    tmp_path: Path,
+    env: Mapping[str, str],
+    catalog: Path = EXAMPLE_CATALOG,
+) -> Iterator[WorkerProcess]:
+    """Run ``cpimon worker`` against ``broker_url`` until the block ends; stop it by PID."""
+    port = free_port()
+    log_path = tmp_path / f"worker-{port}.log"
+    full_env = {
+        **os.environ,
+        **TANSU_ENV,
+        "CPIMON_BROKER": broker_url,
+        "CPIMON_CATALOG": str(catalog),
+        "CPIMON_METRICS_PORT": str(port),
+        "CPIMON_DATA_DIR": str(tmp_path / f"data-{port}"),
+        **env,
+    }
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agents.cli", "worker"],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+    worker = WorkerProcess(process, port, log_path)
+    try:
+        wait_for(worker.samples, 60, f"worker metrics on port {port}")
+        yield worker
+    finally:
+        stop_process(process)

@@ -1,0 +1,557 @@
+"""The journey simulator: determinism, event-time grid, vocabulary, proportions, incidents."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import statistics
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from models.errors import BrokerError
+from streams.broker import EmbeddedBroker, free_port
+from streams.simulator import (
+    DEFAULT_CHANNELS,
+    DEFAULT_REGIONS,
+    EVENT_NAMES,
+    PAGE_NAMES,
+    Incident,
+    JourneySimulator,
+    iso_timestamp,
+    parse_incident,
+    produce,
+)
+
+START = 1795428000.0  # 2026-11-23T10:00:00Z
+Event = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def stream() -> list[Event]:
+    """150k events (150 s of event time at the default rate), shared by proportion tests."""
+    return list(JourneySimulator(seed=7, start_time=START).events(150_000))
+
+
+def epoch(event: Event) -> float:
+    return datetime.fromisoformat(event["timestamp"]).timestamp()
+
+
+def name(event: Event) -> str:
+    return str(event["event"] if event["type"] == "track" else event["name"])
+
+
+def of(events: Iterable[Event], wanted: str) -> list[Event]:
+    return [e for e in events if name(e) == wanted]
+
+
+def assert_share(hits: int, n: int, p: float) -> None:
+    """hits/n is within 4 binomial standard deviations of p (deterministic seed, no flakes)."""
+    assert n > 100, f"only {n} samples"
+    tolerance = 4 * math.sqrt(p * (1 - p) / n)
+    assert abs(hits / n - p) <= tolerance, (
+        f"{hits}/{n} = {hits / n:.4f}, expected {p} ± {tolerance:.4f}"
+    )
+
+
+def nps(scores: list[int]) -> float:
+    return 100.0 * (sum(s >= 9 for s in scores) - sum(s <= 6 for s in scores)) / len(scores)
+
+
+# -- determinism and time ---------------------------------------------------------------
+
+
+def test_same_seed_and_start_give_the_same_events() -> None:
+    a = list(JourneySimulator(seed=3, start_time=START).events(5000))
+    b = list(JourneySimulator(seed=3, start_time=START).events(5000))
+    assert a == b
+
+
+def test_each_call_starts_the_stream_afresh() -> None:
+    sim = JourneySimulator(seed=3, start_time=START)
+    assert list(sim.events(1000)) == list(sim.events(1000))
+
+
+def test_another_seed_gives_other_journeys() -> None:
+    a = [e["userId"] for e in JourneySimulator(seed=1, start_time=START).events(1000)]
+    b = [e["userId"] for e in JourneySimulator(seed=2, start_time=START).events(1000)]
+    assert a != b
+
+
+def test_message_ids_differ_between_start_times_but_journeys_do_not() -> None:
+    a = list(JourneySimulator(seed=3, start_time=START).events(1000))
+    b = list(JourneySimulator(seed=3, start_time=START + 60).events(1000))
+    assert [e["userId"] for e in a] == [e["userId"] for e in b]
+    assert not {e["messageId"] for e in a} & {e["messageId"] for e in b}
+
+
+def test_message_ids_are_unique_uuid4(stream: list[Event]) -> None:
+    ids = [e["messageId"] for e in stream]
+    assert len(set(ids)) == len(ids)
+    for text in ids[:2000]:
+        assert str(uuid.UUID(text)) == text
+        assert uuid.UUID(text).version == 4
+
+
+@pytest.mark.parametrize("rate", [1000.0, 10.0, 3.0])
+def test_event_time_advances_one_slot_per_event(rate: float) -> None:
+    events = list(JourneySimulator(seed=1, start_time=START).events(3000, rate=rate))
+    for i, event in enumerate(events):
+        assert abs(epoch(event) - (START + i / rate)) <= 0.0005 + 1e-6, (i, event["timestamp"])
+    times = [epoch(e) for e in events]
+    assert times == sorted(times)
+
+
+def test_default_start_time_is_now() -> None:
+    before = time.time()
+    first = next(iter(JourneySimulator().events(1)))
+    assert before - 0.001 <= epoch(first) <= time.time() + 0.001
+
+
+def test_iso_timestamp_rounds_to_milliseconds() -> None:
+    assert iso_timestamp(START) == "2026-11-23T10:00:00.000Z"
+    assert iso_timestamp(START + 0.0004) == "2026-11-23T10:00:00.000Z"
+    assert iso_timestamp(START + 59.9996) == "2026-11-23T10:01:00.000Z"
+    assert iso_timestamp(START + 86399.25) == "2026-11-24T09:59:59.250Z"
+
+
+def test_count_zero_and_unbounded_streams() -> None:
+    sim = JourneySimulator(seed=1, start_time=START)
+    assert list(sim.events(0)) == []
+    endless = sim.events()
+    assert len([next(endless) for _ in range(10)]) == 10
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0, math.inf, math.nan])
+def test_rate_must_be_positive(rate: float) -> None:
+    with pytest.raises(ValueError, match="rate"):
+        JourneySimulator().events(10, rate=rate)
+
+
+# -- schema and vocabulary --------------------------------------------------------------
+
+COMMON = {"type", "messageId", "userId", "timestamp", "properties", "context"}
+PROPERTIES: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "Session Started": {},
+    "Payment Attempted": {
+        "order_id": str,
+        "amount": float,
+        "currency": str,
+        "method": str,
+        "success": bool,
+        "error_code": (str, type(None)),
+    },
+    "Order Completed": {"order_id": str, "revenue": float, "items": int, "currency": str},
+    "Order Delivered": {"order_id": str, "on_time": bool, "intact": bool, "carrier": str},
+    "Support Ticket Closed": {
+        "ticket_id": str,
+        "first_contact_resolution": bool,
+        "support_channel": str,
+    },
+    "Survey Submitted": {"nps": int, "csat": int},
+    **{page: {"path": str, "latency_ms": float} for page in PAGE_NAMES},
+}
+REGION_ONLY = {"Order Delivered", "Support Ticket Closed", "Survey Submitted"}
+
+
+def test_every_event_has_the_fields_and_only_vocabulary_names(stream: list[Event]) -> None:
+    assert set(PROPERTIES) == set(EVENT_NAMES) | set(PAGE_NAMES)
+    for event in stream:
+        if event["type"] == "track":
+            assert set(event) == COMMON | {"event"}
+            assert event["event"] in EVENT_NAMES
+        else:
+            assert event["type"] == "page"
+            assert set(event) == COMMON | {"name"}
+            assert event["name"] in PAGE_NAMES
+        assert re.fullmatch(r"u-\d+", event["userId"])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", event["timestamp"])
+        spec = PROPERTIES[name(event)]
+        props = event["properties"]
+        assert set(props) == set(spec), name(event)
+        for key, kind in spec.items():
+            assert isinstance(props[key], kind), (name(event), key, props[key])
+        context = event["context"]
+        if name(event) in REGION_ONLY:
+            assert set(context) == {"region"}
+        else:
+            assert set(context) == {"channel", "region"}
+            assert context["channel"] in DEFAULT_CHANNELS
+        assert context["region"] in DEFAULT_REGIONS
+
+
+def test_property_values_are_in_range(stream: list[Event]) -> None:
+    for event in of(stream, "Payment Attempted"):
+        p = event["properties"]
+        assert p["currency"] == "EUR" and p["amount"] > 0
+        assert p["method"] in {"card", "paypal", "applepay"}
+        assert (p["error_code"] is None) == p["success"]
+    for event in of(stream, "Support Ticket Closed"):
+        assert event["properties"]["support_channel"] in {"chat", "email", "phone"}
+    for event in of(stream, "Survey Submitted"):
+        assert 0 <= event["properties"]["nps"] <= 10
+        assert 1 <= event["properties"]["csat"] <= 5
+    for page in PAGE_NAMES:
+        assert all(e["properties"]["latency_ms"] > 0 for e in of(stream, page))
+    assert {e["properties"]["nps"] for e in of(stream, "Survey Submitted")} == set(range(11))
+
+
+def test_journeys_follow_the_shop_funnel(stream: list[Event]) -> None:
+    """Orders complete only after a successful payment and are delivered only after that."""
+    paid: dict[str, str] = {}
+    completed: dict[str, str] = {}
+    sessions: set[str] = set()
+    for event in stream:
+        p, user = event["properties"], event["userId"]
+        match name(event):
+            case "Session Started":
+                sessions.add(user)
+            case "Home" | "Product" | "Cart" | "Checkout" | "Payment Attempted":
+                assert user in sessions
+                if p.get("success"):
+                    paid[p["order_id"]] = user
+            case "Order Completed":
+                assert paid.pop(p["order_id"]) == user
+                assert p["revenue"] > 0 and 1 <= p["items"] <= 8
+                completed[p["order_id"]] = user
+            case "Order Delivered":
+                assert completed.pop(p["order_id"]) == user
+    assert len(of(stream, "Order Delivered")) > 1000
+
+
+def test_journey_steps_take_realistic_simulated_time(stream: list[Event]) -> None:
+    """Users think seconds between pages; deliveries arrive 10-40 s after the order."""
+    last_page: dict[str, float] = {}
+    think: list[float] = []
+    ordered: dict[str, float] = {}
+    shipping: list[float] = []
+    for event in stream:
+        user, when = event["userId"], epoch(event)
+        if event["type"] == "page":
+            if event["name"] != "Home" and user in last_page:
+                think.append(when - last_page[user])
+            last_page[user] = when
+        elif event["event"] == "Order Completed":
+            ordered[event["properties"]["order_id"]] = when
+        elif event["event"] == "Order Delivered":
+            shipping.append(when - ordered[event["properties"]["order_id"]])
+    assert 1.5 <= statistics.median(think) <= 3.0  # exponential, mean 3 s
+    assert min(shipping) >= 10.0
+    assert 20.0 <= statistics.median(shipping) <= 30.0
+
+
+def test_a_users_region_is_fixed(stream: list[Event]) -> None:
+    region: dict[str, str] = {}
+    for event in stream:
+        assert (
+            region.setdefault(event["userId"], event["context"]["region"])
+            == (event["context"]["region"])
+        )
+
+
+# -- proportions ------------------------------------------------------------------------
+
+
+def test_payment_success_rate(stream: list[Event]) -> None:
+    payments = of(stream, "Payment Attempted")
+    assert_share(sum(e["properties"]["success"] for e in payments), len(payments), 0.97)
+
+
+def test_delivery_on_time_and_intact_rates(stream: list[Event]) -> None:
+    deliveries = of(stream, "Order Delivered")
+    assert_share(sum(e["properties"]["on_time"] for e in deliveries), len(deliveries), 0.93)
+    assert_share(sum(e["properties"]["intact"] for e in deliveries), len(deliveries), 0.99)
+
+
+def test_first_contact_resolution_rate(stream: list[Event]) -> None:
+    tickets = of(stream, "Support Ticket Closed")
+    hits = sum(e["properties"]["first_contact_resolution"] for e in tickets)
+    assert_share(hits, len(tickets), 0.75)
+
+
+@pytest.mark.parametrize(
+    ("field", "weights"), [("channel", DEFAULT_CHANNELS), ("region", DEFAULT_REGIONS)]
+)
+def test_channel_and_region_mix(
+    stream: list[Event], field: str, weights: Mapping[str, float]
+) -> None:
+    counts = Counter(e["context"][field] for e in of(stream, "Session Started"))
+    for key, weight in weights.items():
+        assert_share(counts[key], counts.total(), weight)
+
+
+def test_funnel_conversion_is_plausible(stream: list[Event]) -> None:
+    sessions = len(of(stream, "Session Started"))
+    orders = len(of(stream, "Order Completed"))
+    assert 0.15 <= orders / sessions <= 0.25
+    assert len(of(stream, "Home")) <= sessions
+    assert len(of(stream, "Checkout")) < len(of(stream, "Cart")) < len(of(stream, "Home"))
+
+
+def test_nps_is_around_plus_35_and_lower_after_bad_deliveries(stream: list[Event]) -> None:
+    last_delivery_ok: dict[str, bool] = {}
+    by_experience: dict[bool, list[int]] = {True: [], False: []}
+    for event in stream:
+        if name(event) == "Order Delivered":
+            p = event["properties"]
+            last_delivery_ok[event["userId"]] = p["on_time"] and p["intact"]
+        elif name(event) == "Survey Submitted":
+            by_experience[last_delivery_ok[event["userId"]]].append(event["properties"]["nps"])
+    scores = by_experience[True] + by_experience[False]
+    assert len(scores) > 1000
+    assert 29 <= nps(scores) <= 41
+    assert nps(by_experience[False]) < nps(by_experience[True]) - 15
+
+
+def test_mobile_pages_are_slower_than_web(stream: list[Event]) -> None:
+    def median_latency(channels: set[str]) -> float:
+        pages = [e for e in of(stream, "Home") if e["context"]["channel"] in channels]
+        return statistics.median(e["properties"]["latency_ms"] for e in pages)
+
+    ratio = median_latency({"ios", "android"}) / median_latency({"web"})
+    assert 1.4 <= ratio <= 1.8
+
+
+# -- incidents --------------------------------------------------------------------------
+
+
+def split(events: Iterable[Event], start: float, end: float) -> tuple[list[Event], list[Event]]:
+    inside: list[Event] = []
+    outside: list[Event] = []
+    for event in events:
+        (inside if START + start <= epoch(event) < START + end else outside).append(event)
+    return inside, outside
+
+
+def incident_stream(text: str) -> list[Event]:
+    sim = JourneySimulator(seed=11, start_time=START, incidents=[parse_incident(text)])
+    return list(sim.events(80_000))
+
+
+def test_payment_outage_drops_success_only_inside_its_interval() -> None:
+    payments = of(incident_stream("payment-outage@20s+30s"), "Payment Attempted")
+    inside, outside = split(payments, 20, 50)
+    assert_share(sum(e["properties"]["success"] for e in inside), len(inside), 0.5)
+    assert_share(sum(e["properties"]["success"] for e in outside), len(outside), 0.97)
+    assert {e["properties"]["error_code"] for e in inside} == {None, "psp_unavailable"}
+    assert "psp_unavailable" not in {e["properties"]["error_code"] for e in outside}
+
+
+def test_slow_pages_multiply_latency_only_inside_its_interval() -> None:
+    pages = of(incident_stream("slow-pages@20s+30s"), "Product")
+    inside, outside = split(pages, 20, 50)
+    ratio = statistics.median(e["properties"]["latency_ms"] for e in inside) / statistics.median(
+        e["properties"]["latency_ms"] for e in outside
+    )
+    assert 3.5 <= ratio <= 4.5
+
+
+def test_late_deliveries_drop_on_time_only_inside_its_interval() -> None:
+    deliveries = of(incident_stream("late-deliveries@30s+30s"), "Order Delivered")
+    inside, outside = split(deliveries, 30, 60)
+    assert_share(sum(e["properties"]["on_time"] for e in inside), len(inside), 0.5)
+    assert_share(sum(e["properties"]["on_time"] for e in outside), len(outside), 0.93)
+
+
+def test_without_incidents_the_same_seed_is_unaffected() -> None:
+    plain = list(JourneySimulator(seed=11, start_time=START).events(20_000))
+    late = JourneySimulator(
+        seed=11, start_time=START, incidents=[Incident("payment-outage", 3600, 60)]
+    )
+    assert list(late.events(20_000)) == plain
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("payment-outage@2m+3m", Incident("payment-outage", 120, 180)),
+        ("slow-pages@30s+1h", Incident("slow-pages", 30, 3600)),
+        ("late-deliveries@0+90", Incident("late-deliveries", 0, 90)),
+        (" slow-pages@1.5m+0.5s ", Incident("slow-pages", 90, 0.5)),
+    ],
+)
+def test_parse_incident(text: str, expected: Incident) -> None:
+    assert parse_incident(text) == expected
+    assert parse_incident(str(expected)) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("payment-outage", "expected KIND@START\\+DURATION"),
+        ("payment-outage@2m", "expected KIND@START\\+DURATION"),
+        ("", "expected KIND@START\\+DURATION"),
+        ("dns-outage@2m+3m", "unknown incident kind 'dns-outage'"),
+        ("slow-pages@2x+3m", "'2x' is not a duration"),
+        ("slow-pages@-2m+3m", "'-2m' is not a duration"),
+        ("slow-pages@2m+0s", "duration must be > 0"),
+        ("slow-pages@2m+3d", "'3d' is not a duration"),
+    ],
+)
+def test_parse_incident_rejects(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_incident(text)
+
+
+def test_incident_validates_fields() -> None:
+    with pytest.raises(ValueError, match="start must be >= 0"):
+        Incident("slow-pages", -1, 10)
+    with pytest.raises(ValueError, match="unknown incident kind"):
+        Incident("meteor", 0, 10)
+
+
+# -- configuration and encoding ---------------------------------------------------------
+
+
+def test_custom_channels_and_regions() -> None:
+    sim = JourneySimulator(seed=1, start_time=START, channels=["kiosk"], regions={"latam": 1})
+    events = list(sim.events(3000))
+    assert {e["context"].get("channel", "kiosk") for e in events} == {"kiosk"}
+    assert {e["context"]["region"] for e in events} == {"latam"}
+
+
+@pytest.mark.parametrize("bad", [[], "web", {"web": -1.0}, {"web": 0.0}, {"web": math.nan}])
+def test_channels_need_positive_weights(bad: Any) -> None:
+    with pytest.raises(ValueError, match="channels"):
+        JourneySimulator(channels=bad)
+
+
+def test_encoded_matches_events() -> None:
+    sim = JourneySimulator(seed=5, start_time=START)
+    pairs = list(sim.encoded(5000))
+    events = list(sim.events(5000))
+    assert [orjson.loads(value) for _, value in pairs] == events
+    assert [key for key, _ in pairs] == [e["userId"].encode() for e in events]
+
+
+def test_generation_is_fast() -> None:
+    """A floor far below the measured ~200k/s, to catch accidental per-event slow paths."""
+    sim = JourneySimulator(seed=5, start_time=START)
+    started = time.perf_counter()
+    n = sum(1 for _ in sim.encoded(50_000))
+    assert n / (time.perf_counter() - started) > 30_000
+
+
+# -- producing to Kafka (embedded Tansu broker) -----------------------------------------
+
+
+async def consume_all(bootstrap: str, topic: str, partitions: int, expected: int) -> list[Any]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+        records: list[Any] = []
+        deadline = time.monotonic() + 60
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.broker
+def test_produce_as_fast_as_possible_keeps_each_users_events_in_order(
+    broker: EmbeddedBroker, topic_name: str
+) -> None:
+    broker.create_topics({topic_name: 4})
+    sim = JourneySimulator(seed=2, start_time=START)
+    reports: list[int] = []
+    sent = asyncio.run(
+        produce(
+            broker.bootstrap,
+            topic_name,
+            rate=None,
+            duration=None,
+            count=20_000,
+            simulator=sim,
+            live_time=False,
+            progress=reports.append,
+        )
+    )
+    assert sent == 20_000 and reports[-1] == sent
+    records = asyncio.run(consume_all(broker.bootstrap, topic_name, 4, sent))
+    assert len(records) == sent
+    events = [orjson.loads(r.value) for r in records]
+    assert sorted(e["messageId"] for e in events) == sorted(
+        e["messageId"] for e in sim.events(sent)
+    )
+    partition_of: dict[str, int] = {}
+    last_seen: dict[str, str] = {}
+    for record, event in zip(records, events, strict=True):
+        user = event["userId"]
+        assert record.key == user.encode()
+        assert partition_of.setdefault(user, record.partition) == record.partition
+        # live_time=False keeps simulated times; ISO strings of one format sort as times.
+        assert last_seen.get(user, "") <= event["timestamp"]
+        last_seen[user] = event["timestamp"]
+    assert len(set(partition_of.values())) == 4
+
+
+@pytest.mark.broker
+def test_produce_paced_stops_after_duration_with_live_timestamps(
+    broker: EmbeddedBroker, topic_name: str
+) -> None:
+    broker.create_topics({topic_name: 2})
+    started = time.time()
+    sent = asyncio.run(
+        produce(
+            broker.bootstrap,
+            topic_name,
+            rate=500.0,
+            duration=2.0,
+            count=None,
+            simulator=JourneySimulator(seed=3, start_time=START),
+        )
+    )
+    elapsed = time.time() - started
+    assert 900 <= sent <= 1000  # 500/s for 2 s, minus a start-up tick at most
+    assert elapsed < 5.0
+    records = asyncio.run(consume_all(broker.bootstrap, topic_name, 2, sent))
+    assert len(records) == sent
+    times = [epoch(orjson.loads(r.value)) for r in records]
+    assert started - 1 <= min(times) and max(times) <= time.time()
+
+
+@pytest.mark.broker
+def test_produce_stops_at_count_when_it_comes_before_duration(
+    broker: EmbeddedBroker, topic_name: str
+) -> None:
+    broker.create_topics({topic_name: 1})
+    sim = JourneySimulator(seed=4, start_time=START)
+    kwargs: dict[str, Any] = {"rate": 1000.0, "duration": 30.0, "simulator": sim}
+    assert asyncio.run(produce(broker.bootstrap, topic_name, count=300, **kwargs)) == 300
+    assert len(asyncio.run(consume_all(broker.bootstrap, topic_name, 1, 300))) == 300
+
+
+def test_produce_to_an_unreachable_broker_is_a_broker_error() -> None:
+    sim = JourneySimulator(seed=1, start_time=START)
+    bootstrap = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(BrokerError, match=f"on {bootstrap} failed"):
+        asyncio.run(produce(bootstrap, "t", rate=None, duration=None, count=10, simulator=sim))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rate": 0.0}, "rate must be a positive"),
+        ({"count": -1}, "count must be >= 0"),
+        ({"duration": -1.0}, "duration must be >= 0"),
+    ],
+)
+def test_produce_rejects_bad_arguments(kwargs: dict[str, Any], message: str) -> None:
+    args: dict[str, Any] = {"rate": None, "duration": None, "count": 10, **kwargs}
+    sim = JourneySimulator(seed=1, start_time=START)
+    with pytest.raises(ValueError, match=message):
+        asyncio.run(produce("127.0.0.1:9", "t", simulator=sim, **args))
