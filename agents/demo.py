@@ -26,7 +26,7 @@ from rich.table import Table
 
 from models.catalog import load_catalog
 from models.errors import CpimonError
-from models.spec import Catalog
+from models.spec import Catalog, Target
 from streams.broker import EmbeddedBroker
 from streams.settings import Settings
 
@@ -78,7 +78,11 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> Non
         process.wait(5)
 
 
+_SERIES_SUFFIXES = ("value", "live_value", "events_total")
+
+
 def render_table(catalog: Catalog, samples: list[Sample], elapsed: float) -> Table:
+    """The live CPI/KPI table: one row per indicator and segment."""
     values: dict[tuple[str, str], dict[str, float]] = {}
     consumed = rejected = 0.0
     for name, labels, value in samples:
@@ -87,48 +91,28 @@ def render_table(catalog: Catalog, samples: list[Sample], elapsed: float) -> Tab
         elif name == "cpimon_events_rejected_total":
             rejected += value
         for kind in ("cpi", "kpi"):
-            if name.startswith(f"cpimon_{kind}_") and kind in labels:
+            suffix = name.removeprefix(f"cpimon_{kind}_")
+            if suffix in _SERIES_SUFFIXES and kind in labels:
                 segment = ",".join(
                     f"{k}={v}"
                     for k, v in sorted(labels.items())
                     if k not in (kind, "owner", "journey_step")
                 )
-                values.setdefault((labels[kind], segment), {})[name.split("_", 2)[2]] = value
+                values.setdefault((labels[kind], segment), {})[suffix] = value
     table = Table(
-        title=f"cpi-monitor demo — {elapsed:,.0f}s — {consumed:,.0f} events consumed, "
+        title=f"cpi-monitor demo, {elapsed:,.0f}s: {consumed:,.0f} events consumed, "
         f"{rejected:,.0f} rejected",
         title_justify="left",
     )
-    for column in (
-        "indicator",
-        "segment",
-        "owner",
-        "closed window",
-        "open window",
-        "target",
-        "events",
-        "state",
-    ):
-        table.add_column(
-            column,
-            justify="right" if column in ("closed window", "open window", "events") else "left",
-        )
+    for column in ("indicator", "segment", "owner"):
+        table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=28)
+    for column in ("last window", "open window", "target", "events", "state"):
+        table.add_column(column, justify="right", no_wrap=True)
     for indicator in catalog.cpis + catalog.kpis:
-        rows = sorted(k for k in values if k[0] == indicator.name)
-        for _name, segment in rows:
+        for _name, segment in sorted(k for k in values if k[0] == indicator.name):
             row = values[(indicator.name, segment)]
             closed, live = row.get("value"), row.get("live_value")
             target = indicator.target
-            state = "-"
-            if target is not None and closed is not None:
-                ok = closed >= target.value if target.bound == "min" else closed <= target.value
-                state = (
-                    "[green]ok[/]"
-                    if ok
-                    else "[red]BELOW TARGET[/]"
-                    if target.bound == "min"
-                    else "[red]ABOVE TARGET[/]"
-                )
             table.add_row(
                 indicator.name,
                 segment or "(all)",
@@ -137,9 +121,17 @@ def render_table(catalog: Catalog, samples: list[Sample], elapsed: float) -> Tab
                 _fmt(live),
                 f"{target.bound} {target.value:g}" if target else "-",
                 f"{row.get('events_total', 0):,.0f}",
-                state,
+                _state(indicator.target, closed),
             )
     return table
+
+
+def _state(target: Target | None, value: float | None) -> str:
+    if target is None or value is None:
+        return "-"
+    if target.bound == "min":
+        return "[green]ok[/]" if value >= target.value else "[red]below target[/]"
+    return "[green]ok[/]" if value <= target.value else "[red]above target[/]"
 
 
 def _fmt(value: float | None) -> str:
@@ -148,7 +140,8 @@ def _fmt(value: float | None) -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     catalog = load_catalog(args.catalog)
-    console = Console()
+    # Wide enough for the table even when stdout is not a terminal (logs, CI).
+    console = Console(width=None if sys.stdout.isatty() else 160)
     workdir = Path(tempfile.mkdtemp(prefix="cpimon-demo-"))
     cli = [sys.executable, "-m", "agents.cli"]
     env = dict(os.environ)

@@ -12,19 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from agents.demo import Sample, scrape, stop_process
+from agents.demo import EMBEDDED_BROKER_ENV, Sample, scrape, stop_process
 from streams.broker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CATALOG = ROOT / "catalog.example.yaml"
 
-#: Settings that make Faust quick to join a group and correct on the Tansu broker.
-TANSU_ENV = {
-    "CPIMON_SESSION_TIMEOUT": "2",
-    "CPIMON_HEARTBEAT_INTERVAL": "0.5",
-    "CPIMON_PRODUCER_MAX_BATCH_SIZE": "1",
-    "CPIMON_AUTO_OFFSET_RESET": "earliest",
-}
 
 T = TypeVar("T")
 
@@ -86,7 +79,7 @@ def worker_process(
     log_path = tmp_path / f"worker-{port}.log"
     full_env = {
         **os.environ,
-        **TANSU_ENV,
+        **EMBEDDED_BROKER_ENV,
         "CPIMON_BROKER": broker_url,
         "CPIMON_CATALOG": str(catalog),
         "CPIMON_METRICS_PORT": str(port),

@@ -310,6 +310,14 @@ def test_nps_is_around_plus_35_and_lower_after_bad_deliveries(stream: list[Event
     assert nps(by_experience[False]) < nps(by_experience[True]) - 15
 
 
+def test_csat_mostly_4_or_5_and_following_nps(stream: list[Event]) -> None:
+    surveys = [e["properties"] for e in of(stream, "Survey Submitted")]
+    assert_share(sum(s["csat"] >= 4 for s in surveys), len(surveys), 0.85)
+    promoters = [s["csat"] for s in surveys if s["nps"] >= 9]
+    detractors = [s["csat"] for s in surveys if s["nps"] <= 6]
+    assert statistics.mean(promoters) > statistics.mean(detractors) + 1.5
+
+
 def test_mobile_pages_are_slower_than_web(stream: list[Event]) -> None:
     def median_latency(channels: set[str]) -> float:
         pages = [e for e in of(stream, "Home") if e["context"]["channel"] in channels]
