@@ -135,6 +135,16 @@ class WorkerCollector(Collector):
         for (topic, reason), count in sorted(self.ingestor.rejected.items()):
             rejected.add_metric([topic, reason], count)
         yield rejected
+        yield CounterMetricFamily(
+            "cpimon_observations_routed",
+            "Observations this worker sent to the observations topic",
+            value=self.ingestor.routed,
+        )
+        yield CounterMetricFamily(
+            "cpimon_observations_applied",
+            "Observations this worker applied to its windows",
+            value=self.aggregator.applied,
+        )
         histogram = self.ingestor.delay
         delay = HistogramMetricFamily(
             "cpimon_event_delay_seconds",

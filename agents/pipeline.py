@@ -50,6 +50,8 @@ class Ingestor:
     consumed: dict[str, int] = field(default_factory=dict)
     rejected: dict[tuple[str, str], int] = field(default_factory=dict)
     delay: DelayHistogram = field(default_factory=DelayHistogram)
+    #: Observations sent to the observations topic.
+    routed: int = 0
     _partition_of: dict[str, int] = field(default_factory=dict)
 
     def partition_for(self, key: str) -> int:
@@ -114,6 +116,7 @@ class Ingestor:
         for letter in dead_letters:
             counter_key = (topic, letter.reason)
             self.rejected[counter_key] = self.rejected.get(counter_key, 0) + 1
+        self.routed += sum(len(observations) for observations in by_partition.values())
         encoded = {
             target: orjson.dumps([topic, partition, partitions, newest, observations])
             for target, observations in by_partition.items()
@@ -128,6 +131,8 @@ class Aggregator:
     catalog: Catalog
     idle_timeout: float = 30.0
     partitions: dict[int, PartitionSeries] = field(default_factory=dict)
+    #: Observations taken from the observations topic (late ones included).
+    applied: int = 0
 
     def __post_init__(self) -> None:
         self._indicators = {indicator.name: indicator for indicator in self.catalog.indicators}
@@ -144,6 +149,7 @@ class Aggregator:
         for value in values:
             topic, source_partition, source_partitions, newest, observations = orjson.loads(value)
             owned.apply((topic, source_partition, source_partitions), newest, observations, now)
+            self.applied += len(observations)
         return owned.close_due(now)
 
     def close_idle(self, now: float, idle_timeout: float) -> list[ClosedWindow]:

@@ -7,7 +7,7 @@ e.g. ``cpis[checkout_success_rate].measure.q (line 23)``.
 Schema (``catalog.example.yaml`` is the commented reference)::
 
     version: 1                               # optional, only 1 exists
-    defaults: {window: 1m, allowed_lateness: 10s, segment_cap: 50}   # optional
+    defaults: {window: 1m, allowed_lateness: 10s, segment_cap: 50, alerting: {...}}  # optional
     cpis:                                    # at least one
       - name: checkout_success_rate          # [a-z_][a-z0-9_]*, unique in the file
         description: Share of payment attempts that succeed
@@ -22,6 +22,18 @@ Schema (``catalog.example.yaml`` is the commented reference)::
         target: {min: 0.95, for: 5m}         # or {max: 800}
         unit: ratio
         runbook_url: https://runbooks.example.com/checkout
+        alerting:                            # optional; every key has a default
+          min_events: 30                     # windows with fewer events are not judged
+          detector: adwin                    # adwin | page_hinkley | none
+          detector_options: {delta: 0.002}   # passed to the River detector
+          baseline_alpha: 0.1                # weight of the newest window in the baseline
+          band_k: 3                          # band half-width, in standard deviations
+          warmup_windows: 10                 # windows learned before the band is trusted
+          confirm_after: 2                   # windows outside the band that start a drop
+          clear_after: 2                     # windows back inside that end it
+          better: higher                     # only without a target (the target says it)
+          stale_windows: 3                   # windows without events: CpiStale
+          severity: page                     # page | ticket | info
     kpis: [...]      # same fields minus journey_step; `source: topic` reads the KPI topic
     metrics: [...]   # same fields minus journey_step, never a target
     links:           # optional; omitted = every CPI x every KPI
@@ -49,9 +61,12 @@ import yaml
 
 from models.errors import CatalogError, CpimonError
 from models.spec import (
+    DETECTOR_DEFAULTS,
     RESERVED_LABELS,
+    Alerting,
     Bound,
     Catalog,
+    DetectorKind,
     Indicator,
     IndicatorKind,
     Link,
@@ -87,7 +102,7 @@ _TOP_FIELDS: tuple[str, ...] = (
 _TOP_FIELDS += ("previousId", "type", "userId")
 
 _TOP_KEYS = ("version", "defaults", "cpis", "kpis", "metrics", "links", "settings")
-_DEFAULT_KEYS = ("window", "allowed_lateness", "segment_cap")
+_DEFAULT_KEYS = ("window", "allowed_lateness", "segment_cap", "alerting")
 _COMMON_KEYS: tuple[str, ...] = (
     "name",
     "description",
@@ -97,7 +112,12 @@ _COMMON_KEYS: tuple[str, ...] = (
     "measure",
     "segment_by",
 )
-_COMMON_KEYS += ("window", "allowed_lateness", "target", "unit", "runbook_url")
+_COMMON_KEYS += ("window", "allowed_lateness", "target", "unit", "runbook_url", "alerting")
+_ALERTING_WHOLE = ("min_events", "warmup_windows", "confirm_after", "clear_after", "stale_windows")
+_ALERTING_KEYS: tuple[str, ...] = (*_ALERTING_WHOLE, "detector", "detector_options")
+_ALERTING_KEYS += ("baseline_alpha", "band_k", "better", "severity")
+_SEVERITIES = ("page", "ticket", "info")
+_DEFAULT_ALERTING = Alerting()
 _SECTIONS: dict[str, IndicatorKind] = {"cpis": "cpi", "kpis": "kpi", "metrics": "metric"}
 _EXTRA_KEYS = {"cpi": ("journey_step",), "kpi": ("source",), "metric": ()}
 _MEASURE_KINDS = ("rate", "mean", "sum", "quantile", "count", "nps", "csat", "ratio")
@@ -113,6 +133,12 @@ _WHOLE = {
     "max_lag": (0, "windows the KPI may trail the CPI"),
     "history": (3, "windows kept to correlate"),
     "min_windows": (1, "windows needed before correlating"),
+    "min_events": (1, "events a window needs before it is judged"),
+    # The EW variance of a single window is 0: the band needs two windows at least.
+    "warmup_windows": (2, "windows learned before the baseline band is trusted"),
+    "confirm_after": (1, "consecutive windows outside the band that start a drop"),
+    "clear_after": (1, "consecutive windows back inside the band that end a drop"),
+    "stale_windows": (1, "windows without any event before the CPI counts as stale"),
 }
 _HINTS = {
     "name": "a unique snake_case name, e.g. checkout_success_rate",
@@ -178,7 +204,47 @@ _SAY = {
     "history",
     "linked_twice": "{value} is linked twice; remove one",
     "whole": "{key} must be a whole number >= {low} ({kind}), got {value!r}",
+    "detector": "detector must be adwin (the default), page_hinkley, or none (baseline band "
+    "only), got {value!r}",
+    "no_options": "detector: none takes no detector_options; remove them, or choose adwin "
+    "or page_hinkley",
+    "detector_option": "{key} must be {rule} ({meaning}), got {value!r}",
+    "alpha": "baseline_alpha must be a number above 0 and at most 1 (the weight of the newest "
+    "window: 0.1 remembers roughly the last 20 windows), got {value!r}",
+    "band_k": "band_k must be a number above 0 (the band's half-width in standard deviations, "
+    "e.g. 3), got {value!r}",
+    "better": "better must be higher or lower (which way the indicator is good), got {value!r}",
+    "better_target": "better: {value} contradicts the target ({bound} means {implied} is "
+    "better); remove better, the target already says which way is good",
+    "better_default": "better depends on each indicator, so it cannot be a default; set it on "
+    "the indicators that have no target",
+    "severity": "severity must be page, ticket or info, got {value!r}",
 }
+
+#: Each detector option: (rule for the message, what it means, the check).
+_OPTION_RULES: dict[tuple[str, str], tuple[str, str, Any]] = {
+    ("adwin", "delta"): (
+        "a number between 0 and 1 exclusive",
+        "confidence: smaller means fewer false alarms and later detections, e.g. 0.002",
+        lambda v: 0 < v < 1,
+    ),
+    ("page_hinkley", "delta"): (
+        "a number >= 0",
+        "the change ignored, in standard deviations, e.g. 0.5",
+        lambda v: v >= 0,
+    ),
+    ("page_hinkley", "threshold"): (
+        "a number above 0",
+        "evidence needed to flag a change, in standard deviations, e.g. 12",
+        lambda v: v > 0,
+    ),
+    ("page_hinkley", "alpha"): (
+        "a number above 0 and at most 1",
+        "forgetting factor, e.g. 0.9999",
+        lambda v: 0 < v <= 1,
+    ),
+}
+_WHOLE_OPTION = ("a whole number >= 1", "counted in windows", lambda v: v >= 1)
 
 
 class DurationError(CpimonError, ValueError):
@@ -365,6 +431,8 @@ class _Reader:
         self.names: dict[Keys, str] = {}  # (section, index) -> indicator name, for locations
         self.claimed: dict[str, Keys] = {}
         self.default_window, self.lateness, self.segment_cap = 60.0, 10.0, 50
+        # Alerting fields from defaults.alerting, already checked, as Alerting's keywords.
+        self.alerting_defaults: dict[str, Any] = {}
 
     def report(self, keys: Keys, message: str) -> None:
         self.problems.append((keys, message))
@@ -466,6 +534,8 @@ class _Reader:
         self.default_window = self.read_window(defaults, at, self.default_window)
         self.lateness = self.duration(defaults, "allowed_lateness", at, self.lateness)
         self.segment_cap = self.whole(defaults, "segment_cap", at, self.segment_cap)
+        if "alerting" in defaults:
+            self.alerting_defaults = self.read_alerting_fields(defaults["alerting"], at, {})
 
     def read_section(self, root: Mapping[Any, Any], section: str) -> tuple[Indicator, ...]:
         raw = root.get(section)
@@ -490,6 +560,7 @@ class _Reader:
             if from_topic and key in item:
                 self.say((*keys, key), "topic_only", key=key)
         measure = self.read_measure(item, keys, required=not from_topic)
+        target = self.read_target(item, keys, measure) if kind != "metric" else None
         return Indicator(
             name=name,
             kind=kind,
@@ -502,10 +573,11 @@ class _Reader:
             segment_by=self.read_segments(item, keys),
             window=self.read_window(item, keys, self.default_window),
             allowed_lateness=self.duration(item, "allowed_lateness", keys, self.lateness),
-            target=self.read_target(item, keys, measure) if kind != "metric" else None,
+            target=target,
             unit=self.text(item, "unit", keys, required=False),
             runbook_url=self.read_runbook(item, keys),
             source="topic" if from_topic else "events",
+            alerting=self.read_alerting(item, keys, target),
         )
 
     def read_name(self, item: Mapping[Any, Any], keys: Keys) -> str:
@@ -616,6 +688,98 @@ class _Reader:
         got = "it is missing" if q is None else f"got {q!r}"
         self.say((*here, "q"), "q", value=got, hint=hint)
         return 0.5
+
+    def read_alerting(self, item: Mapping[Any, Any], keys: Keys, target: Target | None) -> Alerting:
+        fields = dict(self.alerting_defaults)
+        if "alerting" in item:
+            fields = self.read_alerting_fields(item["alerting"], keys, fields)
+        better = fields.get("better")
+        if target is not None and better is not None:
+            implied = "higher" if target.bound == "min" else "lower"
+            if better != implied:
+                at = (*keys, "alerting", "better")
+                self.say(at, "better_target", value=better, bound=target.bound, implied=implied)
+        return Alerting(**fields)
+
+    def read_alerting_fields(
+        self, raw: Any, keys: Keys, inherited: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The fields of the ``alerting`` mapping under ``keys``, over ``inherited`` ones."""
+        here = (*keys, "alerting")
+        given = self.mapping(raw, here, "a mapping such as {min_events: 50, severity: ticket}")
+        self.check_keys(given, here, _ALERTING_KEYS)
+        if keys == ("defaults",) and "better" in given:
+            self.say((*here, "better"), "better_default")
+            given = {key: value for key, value in given.items() if key != "better"}
+        fields = dict(inherited)
+        for key in _ALERTING_WHOLE:
+            if key in given:
+                fields[key] = self.whole(given, key, here, getattr(_DEFAULT_ALERTING, key))
+        detector = given.get("detector", fields.get("detector", _DEFAULT_ALERTING.detector))
+        if detector not in DETECTOR_DEFAULTS:
+            self.say((*here, "detector"), "detector", value=detector)
+        elif "detector" in given:
+            # Options of the inherited detector mean nothing to another one.
+            if detector != fields.get("detector", _DEFAULT_ALERTING.detector):
+                fields.pop("detector_options", None)
+            fields["detector"] = detector
+        # Options cannot be checked against an unknown detector: its error comes first.
+        if "detector_options" in given and detector in DETECTOR_DEFAULTS:
+            # Per option, as every other field: the defaults' options of the same detector stay.
+            options = dict(fields.get("detector_options", ()))
+            options.update(self.read_detector_options(given["detector_options"], here, detector))
+            fields["detector_options"] = tuple(sorted(options.items()))
+        for key, code, low, high in (
+            ("baseline_alpha", "alpha", 0, 1),
+            ("band_k", "band_k", 0, None),
+        ):
+            if key in given:
+                value = given[key]
+                if _is_number(value) and low < value and (high is None or value <= high):
+                    fields[key] = float(value)
+                else:
+                    self.say((*here, key), code, value=value)
+        for key, code, choices in (
+            ("better", "better", ("higher", "lower")),
+            ("severity", "severity", _SEVERITIES),
+        ):
+            if key in given:
+                if given[key] in choices:
+                    fields[key] = given[key]
+                else:
+                    self.say((*here, key), code, value=given[key])
+        return fields
+
+    def read_detector_options(
+        self, raw: Any, here: Keys, detector: DetectorKind
+    ) -> tuple[tuple[str, float], ...]:
+        at = (*here, "detector_options")
+        defaults = DETECTOR_DEFAULTS[detector]
+        example = ", ".join(f"{name}: {value}" for name, value in defaults.items())
+        options = self.mapping(raw, at, f"a mapping of {detector} options, e.g. {{{example}}}")
+        if detector == "none" and options:
+            self.say(at, "no_options")
+            return ()
+        self.check_keys(options, at, tuple(defaults))
+        checked: dict[str, float] = {}
+        for name, value in options.items():
+            if name not in defaults:
+                continue
+            whole = isinstance(defaults[name], int)
+            rule, meaning, check = _WHOLE_OPTION if whole else _OPTION_RULES[(detector, name)]
+            fits = isinstance(value, int) if whole else _is_number(value)
+            if fits and not isinstance(value, bool) and check(value):
+                checked[name] = value
+            else:
+                self.say(
+                    (*at, name),
+                    "detector_option",
+                    key=name,
+                    rule=rule,
+                    meaning=meaning,
+                    value=value,
+                )
+        return tuple(checked.items())
 
     def read_segments(self, item: Mapping[Any, Any], keys: Keys) -> tuple[Segment, ...]:
         raw, here = item.get("segment_by"), (*keys, "segment_by")

@@ -14,6 +14,21 @@ IndicatorKind = Literal["cpi", "kpi", "metric"]
 MeasureKind = Literal["rate", "mean", "quantile", "count", "sum", "nps", "csat", "ratio"]
 Bound = Literal["min", "max"]
 Scalar = str | int | float | bool
+Better = Literal["higher", "lower"]
+Severity = Literal["page", "ticket", "info"]
+DetectorKind = Literal["adwin", "page_hinkley", "none"]
+
+#: The options each drift detector takes from the catalog, with cpi-monitor's defaults.
+#: The detector sees the CPI in standard deviations of its baseline (see models.drops),
+#: so these defaults suit every CPI whatever its unit.  Integer defaults mark whole-number
+#: options.  River's own defaults differ where they assume one value per event:
+#: ADWIN checks for a change every window (clock 1, not 32) and Page-Hinkley's
+#: delta and threshold are in standard deviations.
+DETECTOR_DEFAULTS: dict[DetectorKind, dict[str, int | float]] = {
+    "adwin": {"delta": 0.002, "clock": 1, "min_window_length": 5, "grace_period": 10},
+    "page_hinkley": {"min_instances": 10, "delta": 0.5, "threshold": 12.0, "alpha": 0.9999},
+    "none": {},
+}
 
 #: Label names cpi-monitor sets itself; a segment label may not take one of them.
 RESERVED_LABELS = frozenset(
@@ -69,6 +84,38 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class Alerting:
+    """How closed windows of an indicator turn into verdicts and alerts (models.drops).
+
+    - ``min_events``: windows with fewer events are ignored (too noisy to judge).
+    - ``detector`` / ``detector_options``: the River drift detector watching for a
+      lasting change (``none`` keeps only the band); options override
+      :data:`DETECTOR_DEFAULTS`.
+    - ``baseline_alpha``, ``band_k``, ``warmup_windows``: the baseline band is the
+      exponentially weighted mean ± ``band_k`` EW standard deviations, trusted once
+      ``warmup_windows`` windows have been learned.
+    - ``confirm_after`` / ``clear_after``: consecutive windows outside (inside) the
+      band that start (end) a drop.
+    - ``better``: which way is good; ``None`` follows the target (``min`` → higher),
+      else higher.
+    - ``stale_windows``: windows without any event before the CPI counts as stale.
+    - ``severity``: ``None`` means ``page`` with a target, ``ticket`` without.
+    """
+
+    min_events: int = 30
+    detector: DetectorKind = "adwin"
+    detector_options: tuple[tuple[str, float], ...] = ()
+    baseline_alpha: float = 0.1
+    band_k: float = 3.0
+    warmup_windows: int = 10
+    confirm_after: int = 2
+    clear_after: int = 2
+    better: Better | None = None
+    stale_windows: int = 3
+    severity: Severity | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Segment:
     """One ``segment_by`` entry: a Prometheus label filled from a dotted path."""
 
@@ -103,6 +150,21 @@ class Indicator:
     runbook_url: str = ""
     #: KPIs only: ``events`` derive it from journey events, ``topic`` reads it from the KPI topic.
     source: Literal["events", "topic"] = "events"
+    alerting: Alerting = Alerting()
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a rise is good: from the target's bound, else ``alerting.better``."""
+        if self.target is not None:
+            return self.target.bound == "min"
+        return self.alerting.better != "lower"
+
+    @property
+    def severity(self) -> Severity:
+        """Severity of this indicator's alerts: as set, else page with a target, else ticket."""
+        if self.alerting.severity is not None:
+            return self.alerting.severity
+        return "page" if self.target is not None else "ticket"
 
 
 @dataclass(frozen=True, slots=True)
