@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from agents import ops, rules_cli
 from models.errors import CpimonError
 
 EPILOG = """examples:
@@ -88,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="KIND@START+DURATION, e.g. payment-outage@1m+2m (repeatable)",
     )
     demo.add_argument("--no-table", action="store_true", help="print a line per second instead")
+    rules_cli.add_parser(commands)
+    ops.add_parsers(commands)
     return parser
 
 
@@ -101,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _simulate(args)
         if args.command == "catalog" and args.catalog_command == "check":
             return _catalog_check(args.file)
+        if args.command == "rules":
+            return rules_cli.run(args)
+        if (code := ops.run(args)) is not None:
+            return code
         if args.command == "demo":
             from agents.demo import run_demo
 

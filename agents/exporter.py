@@ -9,8 +9,8 @@ exposed as NaN.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -19,9 +19,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from agents.pipeline import Aggregator, Ingestor
-from models.routing import Router, split_series_key
-from models.spec import Catalog, Indicator
+from models.routing import split_series_key
+from models.spec import Indicator
+
+if TYPE_CHECKING:
+    from agents.worker import Worker
 
 KINDS = ("cpi", "kpi", "metric")
 
@@ -36,13 +38,12 @@ def _identity_labels(indicator: Indicator) -> dict[str, str]:
 class WorkerCollector(Collector):
     """Every cpimon_* metric of one worker."""
 
-    def __init__(
-        self, catalog: Catalog, ingestor: Ingestor, aggregator: Aggregator, router: Router
-    ) -> None:
-        self.catalog = catalog
-        self.ingestor = ingestor
-        self.aggregator = aggregator
-        self.router = router
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.catalog = worker.catalog
+        self.ingestor = worker.ingestor
+        self.aggregator = worker.aggregator
+        self.router = worker.router
 
     def describe(self) -> Iterator[Metric]:
         # Families depend on the catalog, not on data; describing none keeps
@@ -53,6 +54,7 @@ class WorkerCollector(Collector):
         yield from self._indicator_families()
         yield from self._target_families()
         yield from self._pipeline_families()
+        yield from self._reliability_families()
 
     def _indicator_families(self) -> Iterator[Metric]:
         families: dict[tuple[str, str], Metric] = {}
@@ -174,10 +176,38 @@ class WorkerCollector(Collector):
             unmeasurable.add_metric([name], count)
         yield unmeasurable
 
+    def _reliability_families(self) -> Iterator[Metric]:
+        worker = self.worker
+        if worker.broker.up is not None:
+            yield GaugeMetricFamily(
+                "cpimon_broker_up",
+                "1 if the worker reached the Kafka cluster at its last probe (every 5 s)",
+                value=1.0 if worker.broker.up else 0.0,
+            )
+        duplicates = CounterMetricFamily(
+            "cpimon_events_duplicate",
+            "Events dropped because their messageId was seen recently on the same partition",
+            labels=["topic"],
+        )
+        for topic, count in sorted(self.ingestor.duplicates.items()):
+            duplicates.add_metric([topic], count)
+        yield duplicates
+        yield CounterMetricFamily(
+            "cpimon_observations_replayed",
+            "Observations skipped because a checkpoint already held them (replays after a crash)",
+            value=sum(owned.replayed for owned in self.aggregator.owned().values()),
+        )
+        yield CounterMetricFamily(
+            "cpimon_checkpoints_saved",
+            "Partition checkpoints written by this worker",
+            value=worker.checkpointer.store.saved,
+        )
+        yield CounterMetricFamily(
+            "cpimon_checkpoints_restored",
+            "Partition states restored from a checkpoint by this worker",
+            value=worker.checkpointer.restored,
+        )
+
 
 def _bound(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
-
-
-def register(registry: CollectorRegistry, collector: WorkerCollector) -> None:
-    registry.register(collector)

@@ -13,18 +13,23 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from faust import Stream
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TP, StreamT
 from mode.types.signals import BaseSignalT
 from prometheus_client import CollectorRegistry
 
+from agents.api import register_api
+from agents.checkpointing import Checkpointer
 from agents.exporter import WorkerCollector
+from agents.health import BrokerProbe
 from agents.pipeline import Aggregator, Ingestor
 from models.routing import Router
 from models.spec import Catalog
 from streams.app import CpimonApp, Topics, create_app
+from streams.checkpoints import CheckpointStore
 from streams.settings import Settings
 from streams.transport import RecordBatch
 
@@ -42,6 +47,8 @@ class Worker:
     router: Router
     ingestor: Ingestor
     aggregator: Aggregator
+    checkpointer: Checkpointer
+    broker: BrokerProbe
     registry: CollectorRegistry
 
 
@@ -56,19 +63,36 @@ def build_worker(
         settings.observation_partitions,
         max_event_bytes=settings.max_event_bytes,
         max_future_seconds=settings.max_future_seconds,
+        dedupe_horizon=settings.dedupe_horizon,
     )
     aggregator = Aggregator(catalog, idle_timeout=settings.idle_timeout)
+    client_options = settings.kafka_client_options()
+    store = CheckpointStore(app, topics.checkpoints, settings.bootstrap_servers, client_options)
+    checkpointer = Checkpointer(store, aggregator)
+    broker = BrokerProbe(settings.bootstrap_servers, client_options)
     registry = CollectorRegistry() if registry is None else registry
     setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
-    registry.register(WorkerCollector(catalog, ingestor, aggregator, router))
-    worker = Worker(settings, catalog, app, topics, router, ingestor, aggregator, registry)
+    worker = Worker(
+        settings,
+        catalog,
+        app,
+        topics,
+        router,
+        ingestor,
+        aggregator,
+        checkpointer,
+        broker,
+        registry,
+    )
+    registry.register(WorkerCollector(worker))
     _wire_agents(worker)
+    register_api(worker)
     return worker
 
 
 def _wire_agents(worker: Worker) -> None:
     app, topics, settings = worker.app, worker.topics, worker.settings
-    ingestor, aggregator = worker.ingestor, worker.aggregator
+    ingestor, aggregator, checkpointer = worker.ingestor, worker.aggregator, worker.checkpointer
     observations_topic = settings.observations_topic
 
     @app.agent(topics.events, name="cpimon.ingest")
@@ -93,23 +117,46 @@ def _wire_agents(worker: Worker) -> None:
 
     @app.agent(topics.observations, name="cpimon.aggregate")
     async def aggregate(batches: StreamT[RecordBatch]) -> None:
-        async for batch in batches:
-            aggregator.process(
-                batch.partition, (record.value for record in batch.records), time.monotonic()
-            )
+        # Acks wait for the checkpoint that covers the batch (see agents/checkpointing.py).
+        manual = cast(Stream, batches).noack()
+        checkpointer.ack = manual.ack
+        async for event in manual.events():
+            batch: RecordBatch = event.value
+            if batch.partition not in aggregator.partitions:
+                await checkpointer.restore(batch.partition)
+            aggregator.process(batch.partition, batch.records, time.monotonic())
+            checkpointer.hold(batch.partition, event)
 
     @app.timer(interval=1.0)
     async def close_idle_windows() -> None:
-        aggregator.close_idle(time.monotonic(), settings.idle_timeout)
+        closed = aggregator.close_idle(time.monotonic(), settings.idle_timeout)
+        checkpointer.touched(closed)
 
-    async def on_revoked(
+    @app.timer(interval=settings.checkpoint_interval)
+    async def save_checkpoints() -> None:
+        try:
+            await checkpointer.checkpoint()
+        except Exception as error:  # the broker may be away; held batches wait for the next try
+            log.warning("checkpoint failed, will retry: %s", error)
+
+    @app.timer(interval=5.0)
+    async def probe_broker() -> None:
+        await worker.broker.probe()
+
+    async def checkpoint_before_rebalance() -> None:
+        await checkpointer.checkpoint(list(aggregator.partitions))
+
+    app.before_wait_empty = checkpoint_before_rebalance
+
+    async def on_assigned(
         sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any
     ) -> None:
-        # Faust sends the revoked partitions as the first positional argument.
-        revoked: set[TP] = args[0] if args else set()
-        gone = [tp.partition for tp in revoked if tp.topic == observations_topic]
+        # Faust sends the assigned partitions as the first positional argument.
+        assigned: set[TP] = args[0] if args else set()
+        mine = {tp.partition for tp in assigned if tp.topic == observations_topic}
+        gone = aggregator.keep_only(mine)
         if gone:
-            log.info("no longer owning observation partitions %s", sorted(gone))
-            aggregator.release(gone)
+            checkpointer.forget(gone)
+            log.info("observation partitions %s now belong to another worker", sorted(gone))
 
-    app.on_partitions_revoked.connect(on_revoked)
+    app.on_partitions_assigned.connect(on_assigned)

@@ -8,6 +8,7 @@ time) moves past them.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from models.routing import split_series_key
 from models.spec import Indicator
 from models.windows import WindowedSeries, WindowValue
 
-#: One routed observation on the wire: [series key, event time, value, source offset].
+#: One routed observation on the wire: [series key, event time, value, input offset].
 WireObservation = Sequence[Any]
 
 
@@ -64,7 +65,9 @@ class SourceClock:
     def observe(
         self, topic: str, partition: int, partitions: int, newest: float | None, now: float
     ) -> None:
-        self._partitions[topic] = max(partitions, partition + 1)
+        # Kafka partition counts only grow: a stale or unknown count (a worker falling back
+        # to partition + 1) must not make the clock forget partitions it knows of.
+        self._partitions[topic] = max(self._partitions.get(topic, 0), partitions, partition + 1)
         self._first_seen.setdefault(topic, now)
         source = (topic, partition)
         self._heard[source] = now
@@ -94,25 +97,54 @@ class SourceClock:
 
 
 class PartitionSeries:
-    """Every series of one partition, created on demand from the catalog.
+    """Every series of one observation partition, and how far the partition has been read.
+
+    The object is the unit of checkpointing: it holds, together, the windows,
+    the event-time clock, the next observation offset to read and, per input
+    partition, the newest input offset already applied.  Restored from a
+    checkpoint, it skips what it has already seen, so replays after a crash
+    count nothing twice.
 
     >>> from models.spec import Indicator, Measure
     >>> ok = Indicator(name="ok", kind="cpi", description="", owner="t",
     ...                measure=Measure(kind="rate", path="p"), window=60, allowed_lateness=0)
     >>> part = PartitionSeries({"ok": ok}, idle_timeout=30.0)
-    >>> part.apply(("events", 0, 1), 1.5, [["ok", 0.5, 1.0, 0], ["ok", 1.5, 0.0, 1]], now=100.0)
-    >>> part.apply(("events", 0, 1), 61.0, [["ok", 61.0, 1.0, 2]], now=101.0)
+    >>> part.apply(("events", 0, 1), 1.5, 1, [["ok", 0.5, 1.0, 0], ["ok", 1.5, 0.0, 1]], now=100.0)
+    >>> part.apply(("events", 0, 1), 1.5, 1, [["ok", 1.5, 0.0, 1]], now=100.5)  # a replay
+    >>> part.replayed
+    1
+    >>> part.apply(("events", 0, 1), 61.0, 2, [["ok", 61.0, 1.0, 2]], now=101.0)
     >>> [(c.window.start, c.window.value) for c in part.close_due(now=101.0)]
     [(0.0, 0.5)]
     """
 
-    __slots__ = ("clock", "indicators", "last_activity", "series", "unknown")
+    __slots__ = (
+        "applied_upto",
+        "clock",
+        "indicators",
+        "last_activity",
+        "next_offset",
+        "recent",
+        "replayed",
+        "series",
+        "unknown",
+    )
+
+    #: Closed windows kept per series for sparklines and the state API.
+    HISTORY = 30
 
     def __init__(self, indicators: Mapping[str, Indicator], idle_timeout: float) -> None:
         self.indicators = dict(indicators)
         self.series: dict[str, WindowedSeries] = {}
+        self.recent: dict[str, deque[WindowValue]] = {}
         self.clock = SourceClock(idle_timeout)
         self.last_activity = 0.0
+        #: Next offset of the observation partition to apply.
+        self.next_offset = 0
+        #: (input topic, input partition) -> newest input offset applied.
+        self.applied_upto: dict[tuple[str, int], int] = {}
+        #: Observations skipped because their input offset was applied before (replays).
+        self.replayed = 0
         #: Observations naming an indicator this worker's catalog does not have.
         self.unknown = 0
 
@@ -129,16 +161,24 @@ class PartitionSeries:
         self,
         source: tuple[str, int, int],
         newest: float | None,
+        last_offset: int,
         observations: Iterable[WireObservation],
         now: float,
     ) -> None:
-        """Add one source's observations to their windows (late ones are counted by their series).
+        """Add one input batch's observations to their windows.
 
-        ``source`` is (topic, partition, partition count) of the input the
-        observations came from, ``newest`` its newest event time so far.
+        ``source`` is (topic, partition, partition count) of the input batch,
+        ``newest`` its newest event time, ``last_offset`` its last input offset.
+        Observations whose input offset was already applied are skipped.
         """
+        topic, partition, partitions = source
+        input_partition = (topic, partition)
+        done = self.applied_upto.get(input_partition, -1)
         series_by_key = self.series
-        for key, event_time, value, _offset in observations:
+        for key, event_time, value, offset in observations:
+            if offset <= done:
+                self.replayed += 1
+                continue
             series = series_by_key.get(key)
             if series is None:
                 series = self._new_series(key)
@@ -146,7 +186,8 @@ class PartitionSeries:
                     self.unknown += 1
                     continue
             series.add(event_time, value)
-        topic, partition, partitions = source
+        if last_offset > done:
+            self.applied_upto[input_partition] = last_offset
         self.clock.observe(topic, partition, partitions, newest, now)
         self.last_activity = now
 
@@ -176,8 +217,30 @@ class PartitionSeries:
         return closed
 
     def _closed(self, key: str, window: WindowValue) -> ClosedWindow:
+        history = self.recent.get(key)
+        if history is None:
+            history = self.recent[key] = deque(maxlen=self.HISTORY)
+        history.append(window)
         name, segment = split_series_key(key)
         return ClosedWindow(self.indicators[name], segment, window)
 
     def open_windows(self) -> int:
         return sum(series.open_windows for series in self.series.values())
+
+    def rebind(self, indicators: Mapping[str, Indicator]) -> None:
+        """Adopt the running catalog after a restore from a checkpoint.
+
+        Series of indicators that are gone, or whose measure or window changed,
+        are dropped: their state means something else now.
+        """
+        for key in list(self.series):
+            name, _segment = split_series_key(key)
+            old, new = self.indicators.get(name), indicators.get(name)
+            if new is None or old is None or _definition(old) != _definition(new):
+                del self.series[key]
+                self.recent.pop(key, None)
+        self.indicators = dict(indicators)
+
+
+def _definition(indicator: Indicator) -> tuple[object, ...]:
+    return (indicator.measure, indicator.window, indicator.allowed_lateness)

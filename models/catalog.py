@@ -28,8 +28,8 @@ Schema (``catalog.example.yaml`` is the commented reference)::
           detector_options: {delta: 0.002}   # passed to the River detector
           baseline_alpha: 0.1                # weight of the newest window in the baseline
           band_k: 3                          # band half-width, in standard deviations
-          warmup_windows: 10                 # windows learned before the band is trusted
-          confirm_after: 2                   # windows outside the band that start a drop
+          warmup_windows: 20                 # windows learned before the band is trusted
+          confirm_after: 3                   # windows outside the band that start a drop
           clear_after: 2                     # windows back inside that end it
           better: higher                     # only without a target (the target says it)
           stale_windows: 3                   # windows without events: CpiStale
@@ -206,6 +206,8 @@ _SAY = {
     "whole": "{key} must be a whole number >= {low} ({kind}), got {value!r}",
     "detector": "detector must be adwin (the default), page_hinkley, or none (baseline band "
     "only), got {value!r}",
+    "other_option": "{key} is an option of {value}, not of this detector; set detector: "
+    "{value}, or remove {key}",
     "no_options": "detector: none takes no detector_options; remove them, or choose adwin "
     "or page_hinkley",
     "detector_option": "{key} must be {rule} ({meaning}), got {value!r}",
@@ -235,7 +237,7 @@ _OPTION_RULES: dict[tuple[str, str], tuple[str, str, Any]] = {
     ),
     ("page_hinkley", "threshold"): (
         "a number above 0",
-        "evidence needed to flag a change, in standard deviations, e.g. 12",
+        "evidence needed to flag a change, in standard deviations, e.g. 20",
         lambda v: v > 0,
     ),
     ("page_hinkley", "alpha"): (
@@ -760,10 +762,14 @@ class _Reader:
         if detector == "none" and options:
             self.say(at, "no_options")
             return ()
-        self.check_keys(options, at, tuple(defaults))
         checked: dict[str, float] = {}
         for name, value in options.items():
             if name not in defaults:
+                owners = [kind for kind, known in DETECTOR_DEFAULTS.items() if name in known]
+                if owners:
+                    self.say((*at, str(name)), "other_option", key=name, value=owners[0])
+                else:
+                    self.report((*at, str(name)), _unknown_key(name, tuple(defaults)))
                 continue
             whole = isinstance(defaults[name], int)
             rule, meaning, check = _WHOLE_OPTION if whole else _OPTION_RULES[(detector, name)]

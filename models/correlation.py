@@ -93,20 +93,21 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
     return h
 
 
-def _betainc(a: float, b: float, x: float) -> float:
-    # The regularized incomplete beta function I_x(a, b) (scipy.special.betainc).
+def _betainc(a: float, b: float, x: float, y: float) -> float:
+    # The regularized incomplete beta function I_x(a, b) (scipy.special.betainc), with
+    # y = 1 - x passed in: computed by the caller without rounding x towards 1 first.
     if x <= 0.0:
         return 0.0
-    if x >= 1.0:
+    if y <= 0.0:
         return 1.0
     front = math.exp(
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(y)
     )
     # Evaluate the fraction on the side where it converges; the symmetry
     # I_x(a, b) = 1 - I_{1-x}(b, a) gives the other side.
     if x < (a + 1.0) / (a + b + 2.0):
         return front * _beta_fraction(a, b, x) / a
-    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
+    return 1.0 - front * _beta_fraction(b, a, y) / b
 
 
 def f_sf(f: float, d1: float, d2: float) -> float:
@@ -124,7 +125,8 @@ def f_sf(f: float, d1: float, d2: float) -> float:
         return 1.0
     if math.isinf(f):
         return 0.0
-    return _betainc(d2 / 2.0, d1 / 2.0, d2 / (d2 + d1 * f))
+    denominator = d2 + d1 * f
+    return _betainc(d2 / 2.0, d1 / 2.0, d2 / denominator, d1 * f / denominator)
 
 
 def _centered(values: list[float]) -> tuple[list[float], float] | None:
@@ -246,13 +248,25 @@ class _LagHistory:
         return True
 
     def _rebuild(self) -> None:
+        # Two passes with exact sums over the pairs held, loaded into River's own
+        # state: what forward updates would reach, without their rounding either.
+        n = len(self.pairs)
+        xs = [x for _, x, _ in self.pairs]
+        ys = [y for _, _, y in self.pairs]
+        mean_x = math.fsum(xs) / n
+        mean_y = math.fsum(ys) / n
+        dx = [x - mean_x for x in xs]
+        dy = [y - mean_y for y in ys]
+        dof = n - 1
         corr = stats.PearsonCorr()
-        for _, x, y in self.pairs:
-            corr.update(x, y)
+        corr.var_x = stats.Var._from_state(n, mean_x, math.fsum(d * d for d in dx) / dof)
+        corr.var_y = stats.Var._from_state(n, mean_y, math.fsum(d * d for d in dy) / dof)
+        cov = math.fsum(a * b for a, b in zip(dx, dy, strict=True)) / dof
+        corr.cov_xy = stats.Cov._from_state(n, mean_x, mean_y, cov)
         self.corr = corr
         self.reverts = 0
-        self.peak_x = max(abs(x) for _, x, _ in self.pairs)
-        self.peak_y = max(abs(y) for _, _, y in self.pairs)
+        self.peak_x = max(map(abs, xs))
+        self.peak_y = max(map(abs, ys))
 
     def stats(self, lag: int) -> LagStats:
         n = len(self.pairs)

@@ -46,3 +46,7 @@ class EventRejected(CpimonError):
 
 class BrokerError(CpimonError):
     """The Kafka broker cannot be reached or refused a request."""
+
+
+class CheckpointError(CpimonError):
+    """A checkpoint cannot be read back."""

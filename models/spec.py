@@ -26,7 +26,7 @@ DetectorKind = Literal["adwin", "page_hinkley", "none"]
 #: delta and threshold are in standard deviations.
 DETECTOR_DEFAULTS: dict[DetectorKind, dict[str, int | float]] = {
     "adwin": {"delta": 0.002, "clock": 1, "min_window_length": 5, "grace_period": 10},
-    "page_hinkley": {"min_instances": 10, "delta": 0.5, "threshold": 12.0, "alpha": 0.9999},
+    "page_hinkley": {"min_instances": 10, "delta": 0.5, "threshold": 20.0, "alpha": 0.9999},
     "none": {},
 }
 
@@ -49,6 +49,7 @@ RESERVED_LABELS = frozenset(
         "kind",
         "lag_seconds",
         "severity",
+        "alertname",
     }
 )
 
@@ -107,8 +108,8 @@ class Alerting:
     detector_options: tuple[tuple[str, float], ...] = ()
     baseline_alpha: float = 0.1
     band_k: float = 3.0
-    warmup_windows: int = 10
-    confirm_after: int = 2
+    warmup_windows: int = 20
+    confirm_after: int = 3
     clear_after: int = 2
     better: Better | None = None
     stale_windows: int = 3

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.types import TopicT, TransportT
+from faust.types import ConsumerT, TopicT, TransportT
 
 from streams.settings import Settings
 from streams.transport import BATCH_CODEC, BatchConsumer, BatchTransport
@@ -16,8 +17,17 @@ from streams.transport import BATCH_CODEC, BatchConsumer, BatchTransport
 class CpimonApp(faust.App):
     """A Faust app whose consumer delivers batch topics as :class:`RecordBatch` values."""
 
+    #: Awaited during a rebalance once no new batch can start, before Faust waits for
+    #: every delivered message to be acked (a worker checkpoints and acks there).
+    before_wait_empty: Callable[[], Awaitable[None]] | None = None
+
     def _new_transport(self) -> TransportT:
         return BatchTransport(self.conf.broker_consumer, self)
+
+    async def _consumer_wait_empty(self, consumer: ConsumerT, logger: Any) -> None:
+        if self.before_wait_empty is not None:
+            await self.before_wait_empty()
+        await super()._consumer_wait_empty(consumer, logger)
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,8 @@ class Topics:
     observations: TopicT
     #: Rejected messages with their reason in headers.
     dead_letters: TopicT
+    #: Internal, compacted: state checkpoints, one partition per observation partition.
+    checkpoints: TopicT
 
 
 def credentials(settings: Settings) -> Any:
@@ -88,6 +100,14 @@ def create_app(settings: Settings) -> tuple[CpimonApp, Topics]:
             key_serializer="raw",
             partitions=settings.topic_partitions,
             internal=True,
+        ),
+        checkpoints=app.topic(
+            settings.checkpoint_topic,
+            value_serializer="raw",
+            key_serializer="raw",
+            partitions=settings.observation_partitions,
+            internal=True,
+            compacting=True,
         ),
     )
     BatchConsumer.batch_topics.update(

@@ -8,6 +8,7 @@ e.g. ``CPIMON_BROKER=kafka://kafka-1:9092,kafka://kafka-2:9092``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import ssl
 from collections.abc import Mapping
@@ -34,6 +35,12 @@ class Settings:
     #: Internal topic where events are repartitioned by (indicator, segment).
     observations_topic: str = "cpimon-observations"
     observation_partitions: int = 4
+    #: Internal, compacted: checkpoints of every observation partition's state.
+    checkpoint_topic: str = "cpimon-checkpoints"
+    #: Seconds between checkpoints; a crashed worker's successor replays at most this much.
+    checkpoint_interval: float = 5.0
+    #: Message ids remembered per input partition to drop duplicates.
+    dedupe_horizon: int = 100_000
     topic_partitions: int = 4
     topic_replication: int = 1
     metrics_host: str = "127.0.0.1"
@@ -41,8 +48,10 @@ class Settings:
     data_dir: str = ".cpimon-data"
     max_event_bytes: int = 64 * 1024
     max_future_seconds: float = 300.0
-    #: Seconds without any observation after which every open window closes.
-    idle_timeout: float = 30.0
+    #: Seconds without any observation after which every open window closes. Must be
+    #: at least twice the session timeout: a crashed worker's partitions are silent
+    #: until the group notices, and their replayed events must not find windows closed.
+    idle_timeout: float = 60.0
     #: Where a new consumer group starts: "earliest" replays the topic, "latest" goes live.
     auto_offset_reset: str = "latest"
     commit_interval: float = 1.0
@@ -79,7 +88,8 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        for url in self.broker_urls:
+        # An empty list (CPIMON_BROKER=",") would leave the Kafka clients nothing to dial.
+        for url in self.broker_urls or [self.broker]:
             if not url.startswith("kafka://"):
                 raise ConfigError(
                     f"broker {url!r} must look like kafka://HOST:PORT "
@@ -93,6 +103,13 @@ class Settings:
         if self.security_protocol.startswith("SASL") and not self.sasl_username:
             raise ConfigError(
                 f"{self.security_protocol} needs CPIMON_SASL_USERNAME and CPIMON_SASL_PASSWORD"
+            )
+        if self.idle_timeout < 2 * self.session_timeout:
+            raise ConfigError(
+                f"CPIMON_IDLE_TIMEOUT ({self.idle_timeout:g}s) must be at least twice "
+                f"CPIMON_SESSION_TIMEOUT ({self.session_timeout:g}s): otherwise windows close "
+                "while a crashed worker's partitions wait for the group to reassign them, and "
+                "their events are then dropped as late. Raise CPIMON_IDLE_TIMEOUT."
             )
         if self.observation_partitions < 1 or self.topic_partitions < 1:
             raise ConfigError("partition counts must be at least 1")
@@ -143,7 +160,12 @@ def _convert(field: dataclasses.Field[Any], raw: str) -> Any:
         if kind in (int, "int"):
             return int(raw)
         if kind in (float, "float"):
-            return float(raw)
+            number = float(raw)
+            # float() takes "nan" and "inf"; every comparison with NaN is false, so
+            # e.g. CPIMON_IDLE_TIMEOUT=nan would flush every window at every tick.
+            if not math.isfinite(number):
+                raise ValueError(raw)
+            return number
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
     return raw

@@ -22,8 +22,17 @@ EXAMPLE_CATALOG = ROOT / "catalog.example.yaml"
 T = TypeVar("T")
 
 
-def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
-    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+def wait_for(
+    probe: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    interval: float = 0.5,
+    describe: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``.
+
+    ``describe`` adds the state seen at the deadline to the failure message.
+    """
     deadline = time.monotonic() + timeout
     last: T | None = None
     while time.monotonic() < deadline:
@@ -31,7 +40,8 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval:
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+    state = describe() if describe is not None else repr(last)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {state}")
 
 
 class WorkerProcess:
@@ -61,6 +71,15 @@ class WorkerProcess:
             if sample_name == name and labels.items() <= sample_labels.items()
         ]
         return sum(found) if found else None
+
+    def describe(self, *names: str) -> str:
+        """The current values of ``names`` (all cpimon_ metrics when none), for failure messages."""
+        wanted = [
+            f"{name}{labels}={value}"
+            for name, labels, value in self.samples()
+            if (name in names if names else name.startswith("cpimon_") and not labels)
+        ]
+        return "; ".join(wanted) + "\n--- worker log tail:\n" + self.log_tail(20)
 
     def log_tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

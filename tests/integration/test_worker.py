@@ -131,7 +131,7 @@ def shop_run(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -
     producer.close()
 
     tmp_path = tmp_path_factory.mktemp("worker")
-    env = {**topics, "CPIMON_APP_ID": app_id, "CPIMON_IDLE_TIMEOUT": "3"}
+    env = {**topics, "CPIMON_APP_ID": app_id, "CPIMON_IDLE_TIMEOUT": "4"}
     total = len(events) + len(bad)
     catalog = load_catalog(EXAMPLE_CATALOG)
     observations = sum(
@@ -155,6 +155,7 @@ def shop_run(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -
             ),
             120,
             f"{total} events consumed, {observations} observations counted, every window closed",
+            describe=lambda: f"counted {counted(worker)}; {worker.describe()}",
         )
         samples = worker.samples()
     yield ShopRun(catalog, events, produced_bad, samples, topics, app_id, end_offsets)

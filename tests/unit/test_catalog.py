@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from models.catalog import DurationError, load_catalog, parse_catalog, parse_duration
 from models.errors import CatalogError
-from models.spec import Link, Measure, Segment, Target
+from models.spec import Alerting, Link, Measure, Segment, Target
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "catalog.example.yaml"
 
@@ -514,6 +514,172 @@ def test_duplicate_links_are_reported() -> None:
 
 def test_links_must_be_a_list() -> None:
     assert_problem(document(links=None), "links", "links: [] for none")
+
+
+# --- alerting -------------------------------------------------------------------------------
+
+
+def test_example_alerting(example: Any) -> None:
+    checkout = example.indicator("checkout_success_rate")
+    assert checkout.alerting == Alerting()
+    assert (checkout.severity, checkout.higher_is_better) == ("page", True)
+    latency = example.indicator("page_latency_p95")
+    assert latency.alerting == Alerting(
+        min_events=100, detector="page_hinkley", detector_options=(("threshold", 25),)
+    )
+    assert (latency.severity, latency.higher_is_better) == ("page", False)
+    csat = example.indicator("csat")
+    assert (csat.alerting.min_events, csat.alerting.stale_windows) == (20, 15)
+    assert csat.severity == "ticket"
+    assert example.indicator("average_order_value").severity == "ticket"  # no target
+
+
+def test_alerting_defaults_when_absent() -> None:
+    indicator = parse(document({"target": {"min": 0.9}})).cpis[0]
+    assert indicator.alerting == Alerting()
+    assert (indicator.severity, indicator.higher_is_better) == ("page", True)
+    kpi_without_target = parse(document()).kpis[0]
+    assert (kpi_without_target.severity, kpi_without_target.higher_is_better) == (
+        "ticket",
+        True,
+    )
+
+
+def test_every_alerting_field() -> None:
+    alerting = {
+        "min_events": 5,
+        "detector": "page_hinkley",
+        "detector_options": {"threshold": 30, "min_instances": 20, "alpha": 0.99, "delta": 0},
+        "baseline_alpha": 1,
+        "band_k": 2.5,
+        "warmup_windows": 2,
+        "confirm_after": 1,
+        "clear_after": 4,
+        "better": "lower",
+        "stale_windows": 10,
+        "severity": "info",
+    }
+    indicator = parse(document({"alerting": alerting})).cpis[0]
+    options = (("alpha", 0.99), ("delta", 0), ("min_instances", 20), ("threshold", 30))
+    assert indicator.alerting == Alerting(
+        min_events=5,
+        detector="page_hinkley",
+        detector_options=options,
+        baseline_alpha=1.0,
+        band_k=2.5,
+        warmup_windows=2,
+        confirm_after=1,
+        clear_after=4,
+        better="lower",
+        stale_windows=10,
+        severity="info",
+    )
+    assert (indicator.severity, indicator.higher_is_better) == ("info", False)
+
+
+def test_better_agreeing_with_the_target_is_accepted() -> None:
+    doc = document({"target": {"max": 0.1}, "alerting": {"better": "lower"}})
+    assert not parse(doc).cpis[0].higher_is_better
+
+
+def test_defaults_alerting_apply_key_by_key() -> None:
+    defaults = {
+        "alerting": {
+            "min_events": 50,
+            "severity": "ticket",
+            "detector": "page_hinkley",
+            "detector_options": {"threshold": 30},
+        }
+    }
+    own = {"min_events": 10, "detector_options": {"alpha": 0.99}}
+    doc = document({"alerting": own}, defaults=defaults)
+    checkout, revenue = parse(doc).indicators
+    assert checkout.alerting == Alerting(
+        min_events=10,
+        severity="ticket",
+        detector="page_hinkley",
+        detector_options=(("alpha", 0.99), ("threshold", 30)),
+    )
+    assert revenue.alerting == Alerting(
+        min_events=50,
+        severity="ticket",
+        detector="page_hinkley",
+        detector_options=(("threshold", 30),),
+    )
+
+
+def test_another_detector_drops_the_default_options() -> None:
+    defaults = {"alerting": {"detector": "page_hinkley", "detector_options": {"threshold": 30}}}
+    doc = document({"alerting": {"detector": "adwin"}}, defaults=defaults)
+    assert parse(doc).cpis[0].alerting == Alerting(detector="adwin")
+
+
+@pytest.mark.parametrize(
+    ("alerting", "where", "gist"),
+    [
+        ("strict", "", "expected a mapping such as {min_events: 50"),
+        ({"min_event": 5}, ".min_event", "did you mean 'min_events'?"),
+        ({"min_events": 0}, ".min_events", "whole number >= 1 (events a window needs"),
+        ({"min_events": 2.5}, ".min_events", "whole number >= 1"),
+        ({"warmup_windows": 1}, ".warmup_windows", "whole number >= 2"),
+        ({"confirm_after": 0}, ".confirm_after", "whole number >= 1"),
+        ({"clear_after": True}, ".clear_after", "whole number >= 1"),
+        ({"stale_windows": 0}, ".stale_windows", "windows without any event"),
+        ({"detector": "kswin"}, ".detector", "adwin (the default), page_hinkley, or none"),
+        ({"detector_options": [1]}, ".detector_options", "mapping of adwin options, e.g."),
+        (
+            {"detector": "page_hinkley", "detector_options": {"treshold": 9}},
+            ".detector_options.treshold",
+            "did you mean 'threshold'?",
+        ),
+        (
+            {"detector_options": {"threshold": 9}},
+            ".detector_options.threshold",
+            "an option of page_hinkley, not of this detector; set detector: page_hinkley",
+        ),
+        (
+            {"detector": "page_hinkley", "detector_options": {"threshold": 0}},
+            ".detector_options.threshold",
+            "above 0 (evidence needed",
+        ),
+        ({"detector_options": {"delta": 1}}, ".detector_options.delta", "between 0 and 1"),
+        ({"detector_options": {"clock": 0.5}}, ".detector_options.clock", "whole number >= 1"),
+        (
+            {"detector": "page_hinkley", "detector_options": {"alpha": 1.5}},
+            ".detector_options.alpha",
+            "at most 1",
+        ),
+        (
+            {"detector": "none", "detector_options": {"delta": 0.1}},
+            ".detector_options",
+            "detector: none takes no detector_options",
+        ),
+        ({"baseline_alpha": 0}, ".baseline_alpha", "above 0 and at most 1"),
+        ({"baseline_alpha": 1.5}, ".baseline_alpha", "above 0 and at most 1"),
+        ({"band_k": "wide"}, ".band_k", "above 0 (the band's half-width"),
+        ({"better": "up"}, ".better", "higher or lower"),
+        ({"severity": "critical"}, ".severity", "page, ticket or info"),
+    ],
+)
+def test_alerting_rules(alerting: Any, where: str, gist: str) -> None:
+    doc = document({"alerting": alerting})
+    assert_problem(doc, f"cpis[checkout_success_rate].alerting{where}", gist)
+
+
+def test_better_must_agree_with_the_target() -> None:
+    doc = document({"target": {"min": 0.9}, "alerting": {"better": "lower"}})
+    location = "cpis[checkout_success_rate].alerting.better"
+    assert_problem(doc, location, "min means higher is better", "remove better")
+
+
+def test_better_is_not_a_default() -> None:
+    doc = document(defaults={"alerting": {"better": "lower"}})
+    assert_problem(doc, "defaults.alerting.better", "cannot be a default")
+
+
+def test_default_alerting_problems_are_reported_under_defaults() -> None:
+    doc = document(defaults={"alerting": {"band_k": 0}})
+    assert_problem(doc, "defaults.alerting.band_k", "above 0")
 
 
 # --- settings -------------------------------------------------------------------------------
