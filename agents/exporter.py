@@ -90,6 +90,29 @@ class WorkerCollector(Collector):
                 family(kind, "events", f"Events counted into the {kind}", counter=True).add_sample(
                     f"cpimon_{kind}_events_total", labels, series.events_total
                 )
+                detector = owned.detectors.get(key)
+                if detector is not None:
+                    family(
+                        kind, "below_target", f"1 if the last {kind} window breached its target"
+                    ).add_sample(
+                        f"cpimon_{kind}_below_target", labels, float(detector.below_target)
+                    )
+                    family(kind, "drop_active", f"1 while a {kind} drop is detected").add_sample(
+                        f"cpimon_{kind}_drop_active", labels, float(detector.drop_active)
+                    )
+                    family(kind, "drops", f"{kind} drops detected", counter=True).add_sample(
+                        f"cpimon_{kind}_drops_total", labels, detector.drops_total
+                    )
+                    if detector.baseline is not None:
+                        family(kind, "baseline", f"normal {kind} value (EW mean)").add_sample(
+                            f"cpimon_{kind}_baseline", labels, detector.baseline
+                        )
+                    if detector.deviation is not None:
+                        family(
+                            kind,
+                            "deviation",
+                            f"{kind} distance from normal, in standard deviations",
+                        ).add_sample(f"cpimon_{kind}_deviation", labels, detector.deviation)
                 late_key = (kind, name)
                 late[late_key] = late.get(late_key, 0) + series.late_total
         yield from families.values()

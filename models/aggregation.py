@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from models.drops import DropDetector
 from models.routing import split_series_key
 from models.spec import Indicator
 from models.windows import WindowedSeries, WindowValue
@@ -121,6 +122,7 @@ class PartitionSeries:
     __slots__ = (
         "applied_upto",
         "clock",
+        "detectors",
         "indicators",
         "last_activity",
         "next_offset",
@@ -137,6 +139,8 @@ class PartitionSeries:
         self.indicators = dict(indicators)
         self.series: dict[str, WindowedSeries] = {}
         self.recent: dict[str, deque[WindowValue]] = {}
+        #: Drop detection per series, fed with every closed window.
+        self.detectors: dict[str, DropDetector] = {}
         self.clock = SourceClock(idle_timeout)
         self.last_activity = 0.0
         #: Next offset of the observation partition to apply.
@@ -222,7 +226,12 @@ class PartitionSeries:
             history = self.recent[key] = deque(maxlen=self.HISTORY)
         history.append(window)
         name, segment = split_series_key(key)
-        return ClosedWindow(self.indicators[name], segment, window)
+        indicator = self.indicators[name]
+        detector = self.detectors.get(key)
+        if detector is None:
+            detector = self.detectors[key] = DropDetector.for_indicator(indicator)
+        detector.update(window.value, window.events)
+        return ClosedWindow(indicator, segment, window)
 
     def open_windows(self) -> int:
         return sum(series.open_windows for series in self.series.values())
@@ -239,8 +248,15 @@ class PartitionSeries:
             if new is None or old is None or _definition(old) != _definition(new):
                 del self.series[key]
                 self.recent.pop(key, None)
+                self.detectors.pop(key, None)
         self.indicators = dict(indicators)
 
 
 def _definition(indicator: Indicator) -> tuple[object, ...]:
-    return (indicator.measure, indicator.window, indicator.allowed_lateness)
+    return (
+        indicator.measure,
+        indicator.window,
+        indicator.allowed_lateness,
+        indicator.target,
+        indicator.alerting,
+    )

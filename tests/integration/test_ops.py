@@ -10,6 +10,7 @@ import base64
 import gzip
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -65,13 +66,13 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
         assert fragment in lines[0], lines[0]
 
 
-def read_topic(broker: EmbeddedBroker, topic: str, expected: int) -> list[Any]:
-    """The topic's records, once ``expected`` have arrived or after 5 s without any."""
+def read_topic(broker: EmbeddedBroker, topic: str, expected: int, quiet: float = 5.0) -> list[Any]:
+    """The topic's records, once ``expected`` have arrived or after ``quiet`` s without any."""
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=broker.bootstrap,
         auto_offset_reset="earliest",
-        consumer_timeout_ms=5_000,
+        consumer_timeout_ms=int(quiet * 1000),
         group_id=None,
     )
     records: list[Any] = []
@@ -611,7 +612,7 @@ def test_dlq_refuses_offsets_it_cannot_name_exactly(
         cpimon("dlq", "--topic", dead_letters.topic, "--reason", "bogus", broker=broker),
         "future_timestamp",
     )
-    assert read_topic(broker, target, 0) == []
+    assert read_topic(broker, target, 0, quiet=2.0) == []
 
 
 def test_dlq_renders_a_table(broker: EmbeddedBroker, dead_letters: DeadLetters) -> None:
@@ -661,7 +662,7 @@ def worker_run(
     bad = [("invalid_json", b"{"), ("not_an_object", b"[1]"), ("empty", b"")]
     messages += [(b"bad", value, {}) for _reason, value in bad]
     produce(broker, topics["CPIMON_EVENTS_TOPIC"], messages)
-    env = {**topics, "CPIMON_APP_ID": app_id, "CPIMON_IDLE_TIMEOUT": "3"}
+    env = {**topics, "CPIMON_APP_ID": app_id, "CPIMON_IDLE_TIMEOUT": "4"}
     with worker_process(broker.url, tmp_path_factory.mktemp("ops-worker"), env) as worker:
         wait_for(
             lambda: (
@@ -721,6 +722,35 @@ def test_watch_board_renders_the_filtered_cpis(worker_run: WorkerRun) -> None:
     assert ("ok" in row) or ("below target" in row)
     assert "page_latency_p95" not in out  # owned by web-platform
     assert all(len(line) <= 120 for line in out.splitlines())
+
+
+def test_watch_refreshes_until_interrupted(worker_run: WorkerRun) -> None:
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "agents.cli", "watch"),
+            *("--worker", base_url(worker_run.worker), "--interval", "0.3", "--cpi", "nps"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    try:
+        assert process.stdout is not None
+        frames = 0
+        while frames < 3:  # not a terminal: one whole frame per refresh
+            line = process.stdout.readline()
+            assert line, process.stderr.read() if process.stderr else ""
+            frames += line.startswith("cpimon watch · 1/1 workers")
+        process.send_signal(signal.SIGINT)  # Ctrl-C is how a board is closed
+        _, err = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
 
 
 def test_watch_merges_workers_and_names_the_unreachable_one(worker_run: WorkerRun) -> None:

@@ -508,8 +508,14 @@ def test_granger_f_test_edge_cases() -> None:
     d2=st.integers(1, 2000),
 )
 def test_f_sf_matches_scipy(f: float, d1: int, d2: int) -> None:
-    expected = sstats.f.sf(f, d1, d2)
-    assert f_sf(f, d1, d2) == pytest.approx(expected, rel=1e-9, abs=1e-300)
+    sf = sstats.f.sf(f, d1, d2)
+    if sf < 0.5:
+        assert f_sf(f, d1, d2) == pytest.approx(sf, rel=1e-9, abs=1e-300)
+    else:
+        # SciPy's f.sf rounds d2 / (d2 + d1 f) to 1 for tiny f (f.sf(1e-16, 1, 1) is off by
+        # 3e-9); near 1 the complement from the other side is the accurate reference.
+        reference = special.betaincc(d1 / 2, d2 / 2, d1 * f / (d2 + d1 * f))
+        assert f_sf(f, d1, d2) == pytest.approx(reference, rel=0, abs=1e-11)
 
 
 @settings(max_examples=200, deadline=None)
@@ -529,9 +535,8 @@ def test_f_sf_keeps_tiny_p_values_and_edges() -> None:
     assert f_sf(-1.0, 1, 5) == 1.0
     assert f_sf(math.inf, 1, 5) == 0.0
     assert f_sf(math.nan, 1, 5) == 1.0
-    # d2 / (d2 + d1 f) rounds to 1 here; the p-value must still be below 1.
-    assert f_sf(1e-16, 1, 10) == pytest.approx(sstats.f.sf(1e-16, 1, 10), rel=1e-12)
-    assert f_sf(1e-16, 1, 10) < 1.0
+    # d2 / (d2 + d1 f) rounds to 1 here; F(1, 1) has the closed form 2 / pi atan(sqrt f).
+    assert f_sf(1e-16, 1, 1) == pytest.approx(1.0 - 2.0 / math.pi * math.atan(1e-8), abs=1e-15)
 
 
 # --- input handling, memory, pickling -----------------------------------------------------
