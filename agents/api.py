@@ -34,7 +34,10 @@ or changing the meaning of one bumps it)::
                 {"start": 1795427940.0, "end": 1795428000.0, "value": 0.97 | null,
                  "events": 311}
               ],
-              "below_target": false | null,  # null without a target or a value
+              "below_target": false | null,  # the drop detector's verdict (as in /metrics:
+                                             # windows with too few events are not judged),
+                                             # else the last value against the target;
+                                             # null without a target or a value
               "drop_active": false | null,   # null until drop detection runs on the worker
               "baseline": 0.968 | null,
               "deviation": 0.4 | null        # in standard deviations of the baseline
@@ -51,15 +54,12 @@ or changing the meaning of one bumps it)::
 
 Times are epoch seconds (floats).  Values that are not finite are sent as null.
 
-Drop and link state come from objects other parts of the worker attach:
-a drop detector per series (``PartitionSeries.detectors[key]``, ``.drops[key]``
-or ``WindowedSeries.detector``, anything with ``below_target``, ``drop_active``,
-``baseline`` and ``deviation``) and link trackers (``Worker.links`` or
-``Aggregator.links``: a mapping from a ``Link`` or a ``(cpi, kpi)`` pair to a
-:class:`models.correlation.LinkTracker`).  Until those exist, the fields are
-null and ``links`` is empty.  History likewise comes from a bounded ``recent``
-sequence of windows (on the series or ``PartitionSeries.recent[key]``), else
-the last closed window alone.
+Where the parts come from: ``history`` from ``PartitionSeries.recent[key]``
+(the bounded recent windows; else the last closed window alone), drop state from
+``PartitionSeries.detectors[key]`` (a :class:`models.drops.DropDetector`;
+null fields without one), and links from ``Worker.links``: its ``current()``
+link set's ``trackers`` (:class:`models.correlation.LinkTracker` by
+``(cpi, kpi)``), present only on the worker that tracks links; ``[]`` elsewhere.
 """
 
 from __future__ import annotations
@@ -152,17 +152,14 @@ def _series(
 ) -> dict[str, Any]:
     closed, live = series.last_closed, series.live
     value = _number(closed.value) if closed is not None else None
-    detector = _detector(partition, series, key)
+    detector = _detector(partition, key)
     below_target: bool | None = None
     if indicator.target is not None and value is not None:
         bound, limit = indicator.target.bound, indicator.target.value
         below_target = value < limit if bound == "min" else value > limit
-    if (
-        detector is not None
-        and indicator.target is not None
-        and getattr(detector, "qualifying_windows", 1) > 0
-    ):
-        # The detector judges only windows with enough events: it is what alerts see.
+    if detector is not None and indicator.target is not None:
+        # The detector's verdict is what /metrics and the alerts show: it judges only
+        # windows with enough events, so it may differ from the last value's.
         below_target = _flag(getattr(detector, "below_target", below_target))
     return {
         "segment": dict(zip((s.label for s in indicator.segment_by), segment, strict=False)),
@@ -179,21 +176,17 @@ def _series(
 
 
 def _history(partition: PartitionSeries, series: WindowedSeries, key: str) -> Iterable[WindowValue]:
-    recent = getattr(series, "recent", None)
-    if recent is None:
-        by_key = getattr(partition, "recent", None)
-        recent = by_key.get(key) if isinstance(by_key, Mapping) else None
-    if recent is not None:
+    by_key = getattr(partition, "recent", None)
+    recent = by_key.get(key) if isinstance(by_key, Mapping) else None
+    if recent:
         return list(recent)
+    # A series whose history is not kept (or was not checkpointed) still shows its value.
     return [] if series.last_closed is None else [series.last_closed]
 
 
-def _detector(partition: PartitionSeries, series: WindowedSeries, key: str) -> Any:
-    for name in ("detectors", "drops"):
-        by_key = getattr(partition, name, None)
-        if isinstance(by_key, Mapping) and key in by_key:
-            return by_key[key]
-    return getattr(series, "detector", None)
+def _detector(partition: PartitionSeries, key: str) -> Any:
+    by_key = getattr(partition, "detectors", None)
+    return by_key.get(key) if isinstance(by_key, Mapping) else None
 
 
 def _window(window: WindowValue) -> dict[str, Any]:
@@ -206,9 +199,13 @@ def _window(window: WindowValue) -> dict[str, Any]:
 
 
 def _links(worker: Worker) -> list[dict[str, Any]]:
-    trackers = getattr(worker, "links", None)
-    if trackers is None:
-        trackers = getattr(worker.aggregator, "links", None)
+    # The worker's LinkBoard holds a LinkSet (its trackers by (cpi, kpi)) only on the
+    # worker that owns the windows partition; a plain mapping of trackers works too.
+    source: Any = getattr(worker, "links", None)
+    current = getattr(source, "current", None)
+    if callable(current):
+        source = current()
+    trackers = getattr(source, "trackers", source)
     if not isinstance(trackers, Mapping):
         return []
     links = []

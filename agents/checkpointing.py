@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Protocol
 
-from agents.pipeline import Aggregator
 from models import state
-from models.aggregation import PartitionSeries
 from streams.checkpoints import CheckpointStore
 
 log = logging.getLogger(__name__)
@@ -26,16 +24,38 @@ log = logging.getLogger(__name__)
 Ack = Callable[[Any], Awaitable[Any]]
 
 
-class Checkpointer:
-    """Holds processed batches per partition until a checkpoint covers them."""
+class PartitionedState(Protocol):
+    """What a checkpointer saves: some state per partition this worker owns."""
 
-    def __init__(self, store: CheckpointStore, aggregator: Aggregator) -> None:
+    def owned(self) -> Mapping[int, Any]: ...
+
+    def adopt(self, partition: int, restored: Any) -> None: ...
+
+    def partition(self, number: int) -> Any: ...
+
+
+class Checkpointer:
+    """Holds processed batches per partition until a checkpoint covers them.
+
+    ``flush`` is awaited before every checkpoint: records the agent produced
+    while processing the covered batches (closed windows, for instance) must
+    be on the broker before the state saying they were produced is.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        states: PartitionedState,
+        flush: Callable[[], Awaitable[None]],
+    ) -> None:
         self.store = store
-        self.aggregator = aggregator
+        self.states = states
+        self.flush = flush
         self.ack: Ack | None = None
         self._held: dict[int, list[Any]] = {}
         self._dirty: set[int] = set()
         self._lock = asyncio.Lock()
+        self._restoring: dict[int, asyncio.Lock] = {}
         self.restored = 0
         self.failures = 0
 
@@ -48,32 +68,36 @@ class Checkpointer:
         """State changed outside a batch (idle windows closed): checkpoint it too."""
         self._dirty.update(partitions)
 
-    async def restore(self, partition: int) -> PartitionSeries:
-        """The partition's state from its newest checkpoint, or fresh state if it has none."""
+    async def restore(self, partition: int) -> None:
+        """Adopt the partition's newest checkpoint, or start it fresh if it has none.
+
+        Once per ownership: the assignment handler and the agent's first batch may
+        both ask, and a second restore would overwrite batches applied since.
+        """
+        lock = self._restoring.setdefault(partition, asyncio.Lock())
+        async with lock:
+            if partition not in self.states.owned():
+                await self._restore(partition)
+
+    async def _restore(self, partition: int) -> None:
         data = await self.store.load(partition)
         if data is None:
-            log.info("observation partition %d: no checkpoint, starting empty", partition)
-            return self.aggregator.partition(partition)
-        restored = state.loads(data)
-        if not isinstance(restored, PartitionSeries):
-            raise TypeError(f"checkpoint of partition {partition} is not partition state")
-        self.aggregator.adopt(partition, restored)
+            log.info("%s partition %d: no checkpoint, starting empty", self.store.name, partition)
+            self.states.partition(partition)
+            return
+        self.states.adopt(partition, state.loads(data))
         self.restored += 1
-        log.info(
-            "observation partition %d: restored %d series, resuming at offset %d",
-            partition,
-            len(restored.series),
-            restored.next_offset,
-        )
-        return restored
+        log.info("%s partition %d: restored from its checkpoint", self.store.name, partition)
 
     async def checkpoint(self, partitions: Iterable[int] | None = None) -> int:
         """Save every changed partition (or those given) and ack what they cover."""
         async with self._lock:
             wanted = set(self._dirty if partitions is None else partitions)
+            if wanted:
+                await self.flush()
             saved = 0
             for partition in sorted(wanted):
-                owned = self.aggregator.partitions.get(partition)
+                owned = self.states.owned().get(partition)
                 events = self._held.pop(partition, [])
                 self._dirty.discard(partition)
                 if owned is None:

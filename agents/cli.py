@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agents import ops, rules_cli
+from agents import dashboards_cli, ops, rules_cli
 from models.errors import CpimonError
 
 EPILOG = """examples:
@@ -68,6 +68,51 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="KIND@START+DURATION, e.g. payment-outage@2m+3m (repeatable)",
     )
+    simulate.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="event time runs X times faster than wall time (default 1); above 1 it needs "
+        "--duration or --count and starts in the past, catching up with now at the end",
+    )
+    simulate.add_argument(
+        "--cpi-variation",
+        type=float,
+        default=0.0,
+        metavar="A",
+        help="let payment success and on-time delivery drift per window, by A in logit "
+        "units (0.5 mild, 1 clear, 2 strong; default 0: constant)",
+    )
+    simulate.add_argument(
+        "--revenue-lag",
+        type=int,
+        default=3,
+        metavar="N",
+        help="windows after which revenue follows payment success (default 3)",
+    )
+    simulate.add_argument(
+        "--nps-lag",
+        type=int,
+        default=2,
+        metavar="N",
+        help="windows after which NPS follows on-time delivery (default 2)",
+    )
+    simulate.add_argument(
+        "--window",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="window of the dependence model and KPI samples; use the catalog's (default 60)",
+    )
+    simulate.add_argument(
+        "--kpi-topic",
+        nargs="?",
+        const="",
+        metavar="T",
+        help="also publish a marketing_spend KPI sample per window to topic T "
+        "(without T: $CPIMON_KPI_TOPIC)",
+    )
 
     catalog = commands.add_parser("catalog", help="catalog tools")
     catalog_commands = catalog.add_subparsers(dest="catalog_command", metavar="COMMAND")
@@ -90,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--no-table", action="store_true", help="print a line per second instead")
     rules_cli.add_parser(commands)
+    dashboards_cli.add_parser(commands)
     ops.add_parsers(commands)
     return parser
 
@@ -106,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _catalog_check(args.file)
         if args.command == "rules":
             return rules_cli.run(args)
+        if args.command == "dashboards":
+            return dashboards_cli.run(args)
         if (code := ops.run(args)) is not None:
             return code
         if args.command == "demo":
@@ -172,11 +220,34 @@ def _simulate(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env(broker=args.broker)
     topic = args.topic or settings.events_topic
-    incidents = [parse_incident(text) for text in args.incident]
-    simulator = JourneySimulator(seed=args.seed, incidents=incidents)
+    kpi_topic = None if args.kpi_topic is None else args.kpi_topic or settings.kpi_topic
     rate = args.rate if args.rate and args.rate > 0 else None
+    try:
+        incidents = [parse_incident(text) for text in args.incident]
+        simulator = JourneySimulator(
+            seed=args.seed,
+            incidents=incidents,
+            window=args.window,
+            cpi_variation=args.cpi_variation,
+            revenue_lag_windows=args.revenue_lag,
+            nps_lag_windows=args.nps_lag,
+        )
+        # produce() checks these too, but only after connecting; say it before that.
+        if not args.speed > 0:
+            raise ValueError(f"--speed must be above 0, got {args.speed:g}")
+        if args.speed != 1.0 and rate is None:
+            raise ValueError("--speed needs a --rate above 0")
+        if args.speed > 1.0 and args.duration is None and args.count is None:
+            raise ValueError("--speed above 1 needs --duration or --count")
+    except ValueError as error:
+        print(f"cpimon simulate: {error}", file=sys.stderr)
+        return 2
+    extras = f", event time x{args.speed:g}" if args.speed != 1.0 else ""
+    if kpi_topic is not None:
+        extras += f", KPI samples to {kpi_topic}"
     print(
-        f"cpimon simulate: producing to {topic} on {settings.broker} at {rate or 'max'} events/s",
+        f"cpimon simulate: producing to {topic} on {settings.broker} "
+        f"at {rate or 'max'} events/s{extras}",
         flush=True,
     )
 
@@ -191,6 +262,8 @@ def _simulate(args: argparse.Namespace) -> int:
             duration=args.duration,
             count=args.count,
             simulator=simulator,
+            speed=args.speed,
+            kpi_topic=kpi_topic,
             progress=progress,
             producer_options=settings.kafka_client_options(),
         )

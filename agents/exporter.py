@@ -55,6 +55,7 @@ class WorkerCollector(Collector):
         yield from self._target_families()
         yield from self._pipeline_families()
         yield from self._reliability_families()
+        yield from self._link_families()
 
     def _indicator_families(self) -> Iterator[Metric]:
         families: dict[tuple[str, str], Metric] = {}
@@ -230,6 +231,64 @@ class WorkerCollector(Collector):
             "Partition states restored from a checkpoint by this worker",
             value=worker.checkpointer.restored,
         )
+
+    def _link_families(self) -> Iterator[Metric]:
+        links = self.worker.links.current()
+        if links is None:
+            return
+        pair = ["cpi", "kpi"]
+        by_lag = [*pair, "lag_seconds"]
+        correlation = GaugeMetricFamily(
+            "cpimon_link_correlation", "Pearson r of the CPI and the KPI lag later", labels=by_lag
+        )
+        lower = GaugeMetricFamily(
+            "cpimon_link_correlation_lower", "Lower bound of r's 95 % interval", labels=by_lag
+        )
+        upper = GaugeMetricFamily(
+            "cpimon_link_correlation_upper", "Upper bound of r's 95 % interval", labels=by_lag
+        )
+        samples = GaugeMetricFamily(
+            "cpimon_link_samples", "Window pairs behind the correlation", labels=by_lag
+        )
+        best_lag = GaugeMetricFamily(
+            "cpimon_link_best_lag_seconds",
+            "Lag with the strongest significant correlation",
+            labels=pair,
+        )
+        impact = GaugeMetricFamily(
+            "cpimon_link_impact", "KPI units per CPI unit at the best lag", labels=pair
+        )
+        granger = GaugeMetricFamily(
+            "cpimon_link_granger_p",
+            "p-value: does the CPI's past add to predicting the KPI (Granger-style F test)",
+            labels=pair,
+        )
+        confirmed = GaugeMetricFamily(
+            "cpimon_link_confirmed",
+            "1 once the link held for min_windows windows",
+            labels=["cpi", "kpi", "cpi_owner", "kpi_owner"],
+        )
+        catalog = self.catalog
+        for (cpi, kpi), tracker in sorted(links.trackers.items()):
+            for stats in tracker.lags():
+                labels = [cpi, kpi, f"{stats.lag * tracker.window:g}"]
+                samples.add_metric(labels, stats.n)
+                if stats.r is not None:
+                    correlation.add_metric(labels, stats.r)
+                if stats.low is not None and stats.high is not None:
+                    lower.add_metric(labels, stats.low)
+                    upper.add_metric(labels, stats.high)
+            best = tracker.best()
+            if best is not None:
+                best_lag.add_metric([cpi, kpi], best.lag * tracker.window)
+                if best.slope is not None:
+                    impact.add_metric([cpi, kpi], best.slope)
+            p_value = tracker.granger_p
+            if p_value is not None:
+                granger.add_metric([cpi, kpi], p_value)
+            owners = [catalog.indicator(cpi).owner, catalog.indicator(kpi).owner]
+            confirmed.add_metric([cpi, kpi, *owners], float(tracker.confirmed))
+        yield from (correlation, lower, upper, samples, best_lag, impact, granger, confirmed)
 
 
 def _bound(bound: float) -> str:

@@ -1,17 +1,21 @@
-"""The Faust worker: thin agents joining the topics to the two pipeline stages.
+"""The Faust worker: thin agents joining the topics to the pipeline stages.
 
 ``journey-events`` ──ingest──▶ ``cpimon-observations`` (keyed by indicator and
-segment) ──aggregate──▶ windowed series ──▶ ``/metrics``.
+segment) ──aggregate──▶ windowed series ──▶ ``/metrics``
+                                  └─ closed windows ──▶ ``cpimon-windows`` ──links──▶ ``/metrics``
 
 Repartitioning by series means every (indicator, segment) series lives in
 exactly one observation partition, hence on exactly one worker, which alone
-exposes it.
+exposes it.  The windows topic has one partition, so all links live on one
+worker too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -25,9 +29,12 @@ from agents.api import register_api
 from agents.checkpointing import Checkpointer
 from agents.exporter import WorkerCollector
 from agents.health import BrokerProbe
-from agents.pipeline import Aggregator, Ingestor
+from agents.kpis import KpiIngestor, sample_routes
+from agents.links import LinkBoard, encode_windows
+from agents.pipeline import Aggregator, Ingestor, IngestResult
+from models.aggregation import ClosedWindow
 from models.routing import Router
-from models.spec import Catalog
+from models.spec import Catalog, Indicator
 from streams.app import CpimonApp, Topics, create_app
 from streams.checkpoints import CheckpointStore
 from streams.settings import Settings
@@ -38,7 +45,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Worker:
-    """A configured worker: the Faust app, its topics, both stages and the metrics registry."""
+    """A configured worker: the Faust app, its topics, its stages and the metrics registry."""
 
     settings: Settings
     catalog: Catalog
@@ -46,10 +53,23 @@ class Worker:
     topics: Topics
     router: Router
     ingestor: Ingestor
+    kpi_ingestor: KpiIngestor
     aggregator: Aggregator
     checkpointer: Checkpointer
+    links: LinkBoard
+    link_checkpointer: Checkpointer
     broker: BrokerProbe
     registry: CollectorRegistry
+
+
+def all_segments_views(catalog: Catalog) -> list[Indicator]:
+    """Every segmented indicator once more without segments: its value over all segments,
+    the series links and overview dashboards read."""
+    return [
+        dataclasses.replace(indicator, segment_by=())
+        for indicator in catalog.indicators
+        if indicator.segment_by and indicator.source == "events"
+    ]
 
 
 def build_worker(
@@ -57,7 +77,7 @@ def build_worker(
 ) -> Worker:
     """Wire agents, timers and the metrics page onto a new Faust app."""
     app, topics = create_app(settings)
-    router = Router.compile(catalog)
+    router = Router.compile(catalog, catalog.indicators + tuple(all_segments_views(catalog)))
     ingestor = Ingestor(
         router,
         settings.observation_partitions,
@@ -66,54 +86,86 @@ def build_worker(
         dedupe_horizon=settings.dedupe_horizon,
     )
     aggregator = Aggregator(catalog, idle_timeout=settings.idle_timeout)
+    links = LinkBoard(catalog)
     client_options = settings.kafka_client_options()
-    store = CheckpointStore(app, topics.checkpoints, settings.bootstrap_servers, client_options)
-    checkpointer = Checkpointer(store, aggregator)
-    broker = BrokerProbe(settings.bootstrap_servers, client_options)
+
+    async def flush() -> None:
+        await app.producer.flush()
+
+    def checkpointer(topic: Any, states: Any) -> Checkpointer:
+        store = CheckpointStore(app, topic, settings.bootstrap_servers, client_options)
+        return Checkpointer(store, states, flush)
+
     registry = CollectorRegistry() if registry is None else registry
     setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
     worker = Worker(
-        settings,
-        catalog,
-        app,
-        topics,
-        router,
-        ingestor,
-        aggregator,
-        checkpointer,
-        broker,
-        registry,
+        settings=settings,
+        catalog=catalog,
+        app=app,
+        topics=topics,
+        router=router,
+        ingestor=ingestor,
+        kpi_ingestor=KpiIngestor(catalog, ingestor),
+        aggregator=aggregator,
+        checkpointer=checkpointer(topics.checkpoints, aggregator),
+        links=links,
+        link_checkpointer=checkpointer(topics.link_checkpoints, links),
+        broker=BrokerProbe(settings.bootstrap_servers, client_options),
+        registry=registry,
     )
     registry.register(WorkerCollector(worker))
-    _wire_agents(worker)
+    _wire_ingest(worker)
+    _wire_aggregate(worker)
+    _wire_links(worker)
+    _wire_rebalance(worker)
     register_api(worker)
     return worker
 
 
-def _wire_agents(worker: Worker) -> None:
-    app, topics, settings = worker.app, worker.topics, worker.settings
-    ingestor, aggregator, checkpointer = worker.ingestor, worker.aggregator, worker.checkpointer
-    observations_topic = settings.observations_topic
+async def _send_result(worker: Worker, result: IngestResult) -> None:
+    producer = worker.app.producer
+    settings = worker.settings
+    for target, value in result.records.items():
+        await producer.send(settings.observations_topic, None, value, target, None, None)
+    for letter in result.dead_letters:
+        await producer.send(
+            settings.dead_letter_topic, letter.key, letter.value, None, None, letter.headers()
+        )
+
+
+def _wire_ingest(worker: Worker) -> None:
+    app, topics = worker.app, worker.topics
+
+    def partitions_of(batch: RecordBatch) -> int:
+        return app.consumer.topic_partitions(batch.topic) or batch.partition + 1
 
     @app.agent(topics.events, name="cpimon.ingest")
     async def ingest(batches: StreamT[RecordBatch]) -> None:
-        producer = app.producer
         async for batch in batches:
-            partitions = app.consumer.topic_partitions(batch.topic) or batch.partition + 1
-            result = ingestor.process(
-                batch.topic, batch.partition, partitions, batch.records, time.time()
+            result = worker.ingestor.process(
+                batch.topic, batch.partition, partitions_of(batch), batch.records, time.time()
             )
-            for target, value in result.records.items():
-                await producer.send(observations_topic, None, value, target, None, None)
-            for letter in result.dead_letters:
-                await producer.send(
-                    settings.dead_letter_topic,
-                    letter.key,
-                    letter.value,
-                    None,
-                    None,
-                    letter.headers(),
+            await _send_result(worker, result)
+
+    if sample_routes(worker.catalog):
+
+        @app.agent(topics.kpis, name="cpimon.ingest_kpis")
+        async def ingest_kpis(batches: StreamT[RecordBatch]) -> None:
+            async for batch in batches:
+                result = worker.kpi_ingestor.process(
+                    batch.topic, batch.partition, partitions_of(batch), batch.records, time.time()
                 )
+                await _send_result(worker, result)
+
+
+def _wire_aggregate(worker: Worker) -> None:
+    app, topics, settings = worker.app, worker.topics, worker.settings
+    aggregator, checkpointer = worker.aggregator, worker.checkpointer
+    linked = {name for link in worker.catalog.links for name in (link.cpi, link.kpi)}
+
+    async def publish(closed: Iterable[ClosedWindow]) -> None:
+        for value in encode_windows(closed, linked):
+            await app.producer.send(settings.windows_topic, None, value, 0, None, None)
 
     @app.agent(topics.observations, name="cpimon.aggregate")
     async def aggregate(batches: StreamT[RecordBatch]) -> None:
@@ -124,27 +176,53 @@ def _wire_agents(worker: Worker) -> None:
             batch: RecordBatch = event.value
             if batch.partition not in aggregator.partitions:
                 await checkpointer.restore(batch.partition)
-            aggregator.process(batch.partition, batch.records, time.monotonic())
+            closed = aggregator.process(batch.partition, batch.records, time.time())
+            await publish(closed)
             checkpointer.hold(batch.partition, event)
 
     @app.timer(interval=1.0)
     async def close_idle_windows() -> None:
-        closed = aggregator.close_idle(time.monotonic(), settings.idle_timeout)
+        closed = aggregator.close_idle(time.time(), settings.idle_timeout)
+        for windows in closed.values():
+            await publish(windows)
         checkpointer.touched(closed)
 
     @app.timer(interval=settings.checkpoint_interval)
     async def save_checkpoints() -> None:
-        try:
-            await checkpointer.checkpoint()
-        except Exception as error:  # the broker may be away; held batches wait for the next try
-            log.warning("checkpoint failed, will retry: %s", error)
+        for saver in (checkpointer, worker.link_checkpointer):
+            try:
+                await saver.checkpoint()
+            except Exception as error:  # the broker may be away; held batches wait
+                log.warning("checkpoint to %s failed, will retry: %s", saver.store.name, error)
 
     @app.timer(interval=5.0)
     async def probe_broker() -> None:
         await worker.broker.probe()
 
+
+def _wire_links(worker: Worker) -> None:
+    app, topics = worker.app, worker.topics
+    links, checkpointer = worker.links, worker.link_checkpointer
+
+    @app.agent(topics.windows, name="cpimon.links")
+    async def track_links(batches: StreamT[RecordBatch]) -> None:
+        manual = cast(Stream, batches).noack()
+        checkpointer.ack = manual.ack
+        async for event in manual.events():
+            batch: RecordBatch = event.value
+            if batch.partition not in links.links:
+                await checkpointer.restore(batch.partition)
+            links.process(batch.partition, batch.records)
+            checkpointer.hold(batch.partition, event)
+
+
+def _wire_rebalance(worker: Worker) -> None:
+    app, settings = worker.app, worker.settings
+    aggregator, links = worker.aggregator, worker.links
+
     async def checkpoint_before_rebalance() -> None:
-        await checkpointer.checkpoint(list(aggregator.partitions))
+        await worker.checkpointer.checkpoint(list(aggregator.partitions))
+        await worker.link_checkpointer.checkpoint(list(links.links))
 
     app.before_wait_empty = checkpoint_before_rebalance
 
@@ -153,10 +231,18 @@ def _wire_agents(worker: Worker) -> None:
     ) -> None:
         # Faust sends the assigned partitions as the first positional argument.
         assigned: set[TP] = args[0] if args else set()
-        mine = {tp.partition for tp in assigned if tp.topic == observations_topic}
-        gone = aggregator.keep_only(mine)
-        if gone:
-            checkpointer.forget(gone)
-            log.info("observation partitions %s now belong to another worker", sorted(gone))
+        for topic, state, checkpointer in (
+            (settings.observations_topic, aggregator, worker.checkpointer),
+            (settings.windows_topic, links, worker.link_checkpointer),
+        ):
+            mine = {tp.partition for tp in assigned if tp.topic == topic}
+            gone = state.keep_only(mine)
+            if gone:
+                checkpointer.forget(gone)
+                log.info("%s partitions %s now belong to another worker", topic, sorted(gone))
+            # Restore now, not at the partition's next batch: a quiet partition must
+            # keep exposing its series (and closing its windows) after it moved.
+            for partition in sorted(mine - set(state.owned())):
+                await checkpointer.restore(partition)
 
     app.on_partitions_assigned.connect(on_assigned)

@@ -75,11 +75,15 @@ class SourceClock:
         if newest is not None and newest > self._newest.get(source, float("-inf")):
             self._newest[source] = newest
 
-    def event_time(self, now: float) -> float | None:
-        """The partition's event time, or None while a live source has not reported yet."""
+    def event_time(self, now: float, topic: str | None = None) -> float | None:
+        """Event time of one input topic (default: of all), or None while a live
+        source has not reported yet."""
         slowest: float | None = None
         newest_silent: float | None = None
-        for topic, count in self._partitions.items():
+        topics = (
+            self._partitions.items() if topic is None else [(topic, self._partitions.get(topic, 0))]
+        )
+        for topic, count in topics:
             for partition in range(count):
                 source = (topic, partition)
                 newest = self._newest.get(source)
@@ -129,6 +133,7 @@ class PartitionSeries:
         "recent",
         "replayed",
         "series",
+        "topics",
         "unknown",
     )
 
@@ -138,6 +143,9 @@ class PartitionSeries:
     def __init__(self, indicators: Mapping[str, Indicator], idle_timeout: float) -> None:
         self.indicators = dict(indicators)
         self.series: dict[str, WindowedSeries] = {}
+        #: The input topic feeding each series: its windows follow that topic's event time
+        #: (a KPI topic with one sample a minute must not hold journey CPIs back).
+        self.topics: dict[str, str] = {}
         self.recent: dict[str, deque[WindowValue]] = {}
         #: Drop detection per series, fed with every closed window.
         self.detectors: dict[str, DropDetector] = {}
@@ -152,13 +160,14 @@ class PartitionSeries:
         #: Observations naming an indicator this worker's catalog does not have.
         self.unknown = 0
 
-    def _new_series(self, key: str) -> WindowedSeries | None:
+    def _new_series(self, key: str, topic: str) -> WindowedSeries | None:
         name, _segment = split_series_key(key)
         indicator = self.indicators.get(name)
         if indicator is None:
             return None
         series = WindowedSeries(indicator.measure, indicator.window, indicator.allowed_lateness)
         self.series[key] = series
+        self.topics[key] = topic
         return series
 
     def apply(
@@ -185,7 +194,7 @@ class PartitionSeries:
                 continue
             series = series_by_key.get(key)
             if series is None:
-                series = self._new_series(key)
+                series = self._new_series(key, topic)
                 if series is None:
                     self.unknown += 1
                     continue
@@ -196,14 +205,13 @@ class PartitionSeries:
         self.last_activity = now
 
     def close_due(self, now: float) -> list[ClosedWindow]:
-        """Close the windows that every source's event time has passed."""
-        event_time = self.clock.event_time(now)
-        if event_time is None:
-            return []
-        closed = []
+        """Close the windows that every source of their topic has passed in event time."""
+        times = {topic: self.clock.event_time(now, topic) for topic in set(self.topics.values())}
+        closed: list[ClosedWindow] = []
         for key, series in self.series.items():
-            for window in series.advance(event_time):
-                closed.append(self._closed(key, window))
+            event_time = times[self.topics[key]]
+            if event_time is not None:
+                closed.extend(self._closed(key, window) for window in series.advance(event_time))
         return closed
 
     def close_if_idle(self, now: float, idle_timeout: float) -> list[ClosedWindow]:
@@ -247,6 +255,7 @@ class PartitionSeries:
             old, new = self.indicators.get(name), indicators.get(name)
             if new is None or old is None or _definition(old) != _definition(new):
                 del self.series[key]
+                self.topics.pop(key, None)
                 self.recent.pop(key, None)
                 self.detectors.pop(key, None)
         self.indicators = dict(indicators)

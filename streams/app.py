@@ -44,6 +44,10 @@ class Topics:
     dead_letters: TopicT
     #: Internal, compacted: state checkpoints, one partition per observation partition.
     checkpoints: TopicT
+    #: Internal, one partition: closed windows for the links agent.
+    windows: TopicT
+    #: Internal, compacted: checkpoints of the links state.
+    link_checkpoints: TopicT
 
 
 def credentials(settings: Settings) -> Any:
@@ -109,9 +113,25 @@ def create_app(settings: Settings) -> tuple[CpimonApp, Topics]:
             internal=True,
             compacting=True,
         ),
+        windows=app.topic(
+            settings.windows_topic, value_serializer=BATCH_CODEC, partitions=1, internal=True
+        ),
+        link_checkpoints=app.topic(
+            settings.link_checkpoint_topic,
+            value_serializer="raw",
+            key_serializer="raw",
+            partitions=1,
+            internal=True,
+            compacting=True,
+        ),
     )
     BatchConsumer.batch_topics.update(
-        {settings.events_topic, settings.kpi_topic, settings.observations_topic}
+        {
+            settings.events_topic,
+            settings.kpi_topic,
+            settings.observations_topic,
+            settings.windows_topic,
+        }
     )
     logging.getLogger("faust").setLevel(settings.log_level.upper())
     return app, topics

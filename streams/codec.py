@@ -25,7 +25,8 @@ than 254 levels: code that re-encodes a decoded event must handle
 from __future__ import annotations
 
 import math
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
@@ -69,6 +70,22 @@ _fromisoformat = datetime.fromisoformat
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
 
+# Timestamps of one stream share their seconds: "2026-11-23T10:00:00" of
+# "2026-11-23T10:00:00.123Z" is parsed once, remembered as epoch microseconds, and
+# the suffix (".123Z", "Z", ".123+00:00", "+00:00") is read from a table. The result is
+# computed as datetime.timestamp() computes it (integer microseconds / 10**6), so it
+# is the same float. Only canonical prefixes that fromisoformat accepted are stored
+# (see _remember_seconds); everything else takes the full parse.
+_SECONDS_CACHE_LIMIT: Final = 4096
+_seconds: dict[str, int] = {}
+_CANONICAL_SECONDS: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}")
+_UTC_SUFFIXES: Final[dict[str, int]] = {
+    f"{fraction}{zone}": micros
+    for zone in ("Z", "+00:00")
+    for fraction, micros in (("", 0), *((f".{ms:03d}", ms * 1000) for ms in range(1000)))
+}
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 def decode_event(
     raw: bytes | None,
@@ -90,7 +107,17 @@ def decode_event(
     ...              b'"timestamp":1795428000.5}', now=1795428000.0)[:2]
     ('Signed Up', 1795428000.5)
     """
-    obj = _load(raw, max_bytes)
+    # _load inlined: this runs for every event.
+    if not raw:
+        raise EventRejected(
+            "empty", "message has no value" if raw is None else "message value is empty"
+        )
+    if len(raw) > max_bytes:
+        raise EventRejected("too_large", f"message is {len(raw):,} bytes, limit is {max_bytes:,}")
+    try:
+        obj = _loads(raw)
+    except _JSONDecodeError as exc:
+        raise _diagnose(raw, exc) from None
     if type(obj) is not dict:
         raise EventRejected("not_an_object", f"expected a JSON object, got {_json_type(obj)}")
 
@@ -129,8 +156,20 @@ def decode_event(
     if type(context) is not dict:
         raise _wrong_type("context", "object", context)
 
-    when = _event_time(obj.get("timestamp"), now, max_future_seconds)
-    return name, when, obj
+    stamp = obj.get("timestamp")
+    if type(stamp) is str:
+        # The fast path of _event_time for timestamps whose second was seen before.
+        base = _seconds.get(stamp[:19])
+        if base is not None:
+            micros = _UTC_SUFFIXES.get(stamp[19:])
+            if micros is not None:
+                when = (base + micros) / 1_000_000
+                if not _MIN_TIME <= when < _END_TIME:
+                    raise _out_of_range(stamp, when)
+                if when > now + max_future_seconds:
+                    raise _future(stamp, when, now, max_future_seconds)
+                return name, when, obj
+    return name, _event_time(stamp, now, max_future_seconds), obj
 
 
 def decode_kpi_sample(
@@ -212,6 +251,8 @@ def _event_time(value: object, now: float, max_future_seconds: float) -> float:
             when = parsed.timestamp()
         except (OverflowError, ValueError):  # offsets pushing year 1/9999 off the calendar
             when = math.nan
+        else:
+            _remember_seconds(value, parsed)
     elif type(value) is float or type(value) is int:
         when = float(value)
     elif value is None:
@@ -222,12 +263,21 @@ def _event_time(value: object, now: float, max_future_seconds: float) -> float:
     if not _MIN_TIME <= when < _END_TIME:  # also rejects NaN
         raise _out_of_range(value, when)
     if when > now + max_future_seconds:
-        raise EventRejected(
-            "future_timestamp",
-            f"timestamp {_show(value)} is {when - now:.0f} s after now "
-            f"(limit {max_future_seconds:g} s)",
-        )
+        raise _future(value, when, now, max_future_seconds)
     return when
+
+
+def _remember_seconds(text: str, parsed: datetime) -> None:
+    """Store the epoch microseconds of ``text``'s seconds for the fast path of decode_event."""
+    micros = _UTC_SUFFIXES.get(text[19:])
+    if micros is None or parsed.utcoffset() or not _CANONICAL_SECONDS.fullmatch(text, 0, 19):
+        return
+    delta = parsed - _EPOCH
+    if len(_seconds) >= _SECONDS_CACHE_LIMIT:
+        _seconds.clear()
+    _seconds[text[:19]] = (delta.days * 86_400 + delta.seconds) * 1_000_000 + (
+        delta.microseconds - micros
+    )
 
 
 # --- slow paths: only run once a message is known to be rejected -----------------------
@@ -252,6 +302,14 @@ def _parse_lenient(text: str) -> datetime:
         raise EventRejected(
             "bad_timestamp", f"timestamp {_show(text)} is not an RFC 3339 date-time"
         ) from None
+
+
+def _future(value: object, when: float, now: float, max_future_seconds: float) -> EventRejected:
+    return EventRejected(
+        "future_timestamp",
+        f"timestamp {_show(value)} is {when - now:.0f} s after now "
+        f"(limit {max_future_seconds:g} s)",
+    )
 
 
 def _out_of_range(value: object, when: float) -> EventRejected:

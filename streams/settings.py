@@ -20,6 +20,15 @@ from models.errors import ConfigError
 
 ENV_PREFIX = "CPIMON_"
 
+#: Internal topics and their name after the app id when not set.
+_INTERNAL_TOPICS = {
+    "dead_letter_topic": "dead-letters",
+    "observations_topic": "observations",
+    "windows_topic": "windows",
+    "checkpoint_topic": "checkpoints",
+    "link_checkpoint_topic": "link-checkpoints",
+}
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -31,12 +40,16 @@ class Settings:
     app_id: str = "cpi-monitor"
     events_topic: str = "journey-events"
     kpi_topic: str = "kpi-values"
-    dead_letter_topic: str = "cpimon-dead-letters"
+    dead_letter_topic: str = ""
     #: Internal topic where events are repartitioned by (indicator, segment).
-    observations_topic: str = "cpimon-observations"
+    observations_topic: str = ""
     observation_partitions: int = 4
+    #: Internal, one partition: closed windows of every indicator, for the CPI→KPI links.
+    windows_topic: str = ""
+    #: Internal, compacted: checkpoints of the links state.
+    link_checkpoint_topic: str = ""
     #: Internal, compacted: checkpoints of every observation partition's state.
-    checkpoint_topic: str = "cpimon-checkpoints"
+    checkpoint_topic: str = ""
     #: Seconds between checkpoints; a crashed worker's successor replays at most this much.
     checkpoint_interval: float = 5.0
     #: Message ids remembered per input partition to drop duplicates.
@@ -49,9 +62,10 @@ class Settings:
     max_event_bytes: int = 64 * 1024
     max_future_seconds: float = 300.0
     #: Seconds without any observation after which every open window closes. Must be
-    #: at least twice the session timeout: a crashed worker's partitions are silent
-    #: until the group notices, and their replayed events must not find windows closed.
-    idle_timeout: float = 60.0
+    #: at least three times the session timeout: a crashed worker's partitions are
+    #: silent until the group notices and reassigns them (one or two rebalances), and
+    #: their replayed events must not find their windows closed.
+    idle_timeout: float = 120.0
     #: Where a new consumer group starts: "earliest" replays the topic, "latest" goes live.
     auto_offset_reset: str = "latest"
     commit_interval: float = 1.0
@@ -69,6 +83,13 @@ class Settings:
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
     log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        # Internal topics default to names prefixed by the app id, as Faust names its
+        # own, so that two deployments sharing a cluster never share state.
+        for name, suffix in _INTERNAL_TOPICS.items():
+            if not getattr(self, name):
+                object.__setattr__(self, name, f"{self.app_id}-{suffix}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -104,9 +125,9 @@ class Settings:
             raise ConfigError(
                 f"{self.security_protocol} needs CPIMON_SASL_USERNAME and CPIMON_SASL_PASSWORD"
             )
-        if self.idle_timeout < 2 * self.session_timeout:
+        if self.idle_timeout < 3 * self.session_timeout:
             raise ConfigError(
-                f"CPIMON_IDLE_TIMEOUT ({self.idle_timeout:g}s) must be at least twice "
+                f"CPIMON_IDLE_TIMEOUT ({self.idle_timeout:g}s) must be at least three times "
                 f"CPIMON_SESSION_TIMEOUT ({self.session_timeout:g}s): otherwise windows close "
                 "while a crashed worker's partitions wait for the group to reassign them, and "
                 "their events are then dropped as late. Raise CPIMON_IDLE_TIMEOUT."

@@ -16,6 +16,11 @@ to a new session, so the number of concurrent sessions settles wherever the grid
 filled.  Delays are in simulated seconds and compressed (a delivery arrives 10-40 s
 after the order) so that a run of a few minutes shows complete journeys.
 
+Optionally the CPIs drift from window to window and some KPIs follow them a known
+number of windows later (the *dependence model*, see :class:`JourneySimulator`), so that
+lag-aware correlation has a ground truth to recover.  :func:`produce` can also run event
+time faster than the wall clock (``speed``) and publish a topic-sourced KPI.
+
 A user keeps one region; the channel is drawn per session.  Everything is drawn in
 batches from NumPy generators seeded by ``seed`` (messageIds also by the start time), so
 a seed and a start time give the same stream on every machine, and generation (about
@@ -30,7 +35,7 @@ import re
 import time
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Final, TypeVar
@@ -47,9 +52,12 @@ __all__ = [
     "FCR",
     "INCIDENT_KINDS",
     "INTACT",
+    "KPI_SAMPLE_NAME",
+    "NPS_LAG_WINDOWS",
     "ON_TIME",
     "PAGE_NAMES",
     "PAYMENT_SUCCESS",
+    "REVENUE_LAG_WINDOWS",
     "Incident",
     "JourneySimulator",
     "iso_timestamp",
@@ -99,6 +107,25 @@ INCIDENT_KINDS: Final = ("payment-outage", "slow-pages", "late-deliveries")
 OUTAGE_SUCCESS: Final = 0.5
 SLOW_PAGES_FACTOR: Final = 4.0
 LATE_ON_TIME: Final = 0.5
+
+# Dependence model (see JourneySimulator): default lags, in windows of event time.
+REVENUE_LAG_WINDOWS: Final = 3
+NPS_LAG_WINDOWS: Final = 2
+#: The topic-sourced KPI that :meth:`JourneySimulator.kpi_sample` and ``produce(kpi_topic=...)``
+#: publish: EUR of marketing spend per window, independent of every CPI.
+KPI_SAMPLE_NAME: Final = "marketing_spend"
+_DEFAULT_WINDOW: Final = 60.0
+_DEFAULT_PERSISTENCE: Final = 0.3
+_DEFAULT_REVENUE_GAIN: Final = 0.5
+_DEFAULT_NPS_GAIN: Final = 0.75
+# However bad the lagged window, a basket keeps a tenth of its value: revenue stays > 0.
+_MIN_REVENUE_FACTOR: Final = 0.1
+# The model and the KPI samples draw from generators of their own, so that turning them
+# on or off leaves the journeys' draws (and so every other event) as they were.
+_MODEL_STREAM: Final = 0x6D6F64656C
+_SPEND_STREAM: Final = 0x7370656E64
+_SPEND_EUR: Final = 500.0  # median marketing spend per window
+_SPEND_SIGMA: Final = 0.25
 
 _PAGE_MEDIAN_MS: Final = {"Home": 110.0, "Product": 160.0, "Cart": 130.0, "Checkout": 220.0}
 _LATENCY_SIGMA: Final = 0.45
@@ -260,6 +287,120 @@ def _message_ids(rng: np.random.Generator) -> list[str]:
     return [text[i : i + 36] for i in range(0, len(text), 36)]
 
 
+def _window_of(t: float, window: float) -> int:
+    """The epoch-aligned window of ``t`` as the worker will see it: after the millisecond
+    rounding of the timestamp, then ``t // window`` (models.windows)."""
+    return int((int(t * 1000.0 + 0.5) / 1000.0) // window)
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+class _Drift:
+    """A probability that drifts per window: ``sigmoid(logit(base) + amplitude * x)`` with
+    ``x`` a stationary AR(1) series of standard normal values.
+
+    ``z(p)`` standardises a probability with the exact mean and standard deviation of that
+    distribution (Gauss-Hermite quadrature), so a KPI driven by ``z`` is linear in the CPI
+    and Pearson's r sees the whole dependence.
+    """
+
+    def __init__(self, base: float, amplitude: float) -> None:
+        self.base = base
+        self.amplitude = amplitude
+        self.centre = _logit(base)
+        self.mean, self.sd = base, 0.0
+        if amplitude > 0:
+            nodes, weights = np.polynomial.hermite_e.hermegauss(96)
+            weights = weights / weights.sum()
+            values = 1.0 / (1.0 + np.exp(-(self.centre + amplitude * nodes)))
+            self.mean = float(weights @ values)
+            self.sd = float(np.sqrt(weights @ (values - self.mean) ** 2))
+
+    def p(self, x: float) -> float:
+        if self.amplitude == 0:
+            # Exactly the constant: sigmoid(logit(p)) is off by an ulp, and without any
+            # spread z() must be 0, not rounding error over rounding error.
+            return self.base
+        return 1.0 / (1.0 + math.exp(-(self.centre + self.amplitude * x)))
+
+    def z(self, p: float) -> float:
+        return (p - self.mean) / self.sd if self.sd > 0.0 else 0.0
+
+
+class _Window:
+    """The dependence model's state of one window."""
+
+    __slots__ = ("nps_shift", "on_time", "payment_success", "revenue_factor")
+
+    def __init__(
+        self, payment_success: float, on_time: float, revenue_factor: float, nps_shift: float
+    ) -> None:
+        self.payment_success = payment_success
+        self.on_time = on_time
+        self.revenue_factor = revenue_factor
+        self.nps_shift = nps_shift
+
+
+class _Dependence:
+    """Per-window probabilities and KPI effects, drawn in window order on first use.
+
+    Element 0 is the window ``max lag`` windows before the start, so that the first
+    windows already have a lagged driver; drawing strictly in window order keeps the
+    series the same whichever events ask first.
+    """
+
+    def __init__(self, sim: JourneySimulator, t0: float) -> None:
+        self.window = sim.window
+        self.first = _window_of(t0, sim.window) - max(sim.revenue_lag_windows, sim.nps_lag_windows)
+        self.rng = np.random.default_rng([sim.seed, _MODEL_STREAM])
+        self.phi = sim.cpi_persistence
+        self.innovation = math.sqrt(1.0 - self.phi * self.phi)
+        self.payment = _Drift(PAYMENT_SUCCESS, sim.cpi_variation)
+        self.delivery = _Drift(ON_TIME, sim.cpi_variation)
+        self.revenue_lag = sim.revenue_lag_windows
+        self.revenue_gain = sim.revenue_gain
+        self.revenue_noise = sim.revenue_noise
+        self.nps_lag = sim.nps_lag_windows
+        self.nps_gain = sim.nps_gain
+        self.x_payment = 0.0
+        self.x_delivery = 0.0
+        self.z_payment: list[float] = []
+        self.z_delivery: list[float] = []
+        self.windows: list[_Window] = []
+        self.cached = -1
+        self.cached_window: _Window | None = None
+
+    def at(self, t: float) -> _Window:
+        index = _window_of(t, self.window) - self.first
+        if index == self.cached and self.cached_window is not None:
+            return self.cached_window
+        while len(self.windows) <= index:
+            self._draw()
+        self.cached, self.cached_window = index, self.windows[index]
+        return self.cached_window
+
+    def _draw(self) -> None:
+        index = len(self.windows)
+        e_payment, e_delivery, e_revenue = self.rng.standard_normal(3).tolist()
+        if index == 0:  # stationary from the start: no burn-in
+            self.x_payment, self.x_delivery = e_payment, e_delivery
+        else:
+            self.x_payment = self.phi * self.x_payment + self.innovation * e_payment
+            self.x_delivery = self.phi * self.x_delivery + self.innovation * e_delivery
+        payment = self.payment.p(self.x_payment)
+        on_time = self.delivery.p(self.x_delivery)
+        self.z_payment.append(self.payment.z(payment))
+        self.z_delivery.append(self.delivery.z(on_time))
+        driver = self.z_payment[index - self.revenue_lag] if index >= self.revenue_lag else 0.0
+        factor = 1.0 + self.revenue_gain * driver + self.revenue_noise * e_revenue
+        mood = self.z_delivery[index - self.nps_lag] if index >= self.nps_lag else 0.0
+        self.windows.append(
+            _Window(payment, on_time, max(factor, _MIN_REVENUE_FACTOR), self.nps_gain * mood)
+        )
+
+
 class _Run:
     """One stream of events: the random sources, counters and journeys behind ``events()``."""
 
@@ -289,6 +430,8 @@ class _Run:
         self.outages = windows["payment-outage"]
         self.slow_pages = windows["slow-pages"]
         self.late_deliveries = windows["late-deliveries"]
+        # None keeps the constant probabilities and the old draws exactly.
+        self.model = _Dependence(sim, t0) if sim.dependence else None
         self.orders = 0
         self.tickets = 0
 
@@ -402,11 +545,18 @@ class _Run:
         items = 1
         while items < 8 and u() < 0.45:
             items += 1
-        amount = round(items * 30.0 * math.exp(0.6 * self.normal()), 2)
+        amount = items * 30.0 * math.exp(0.6 * self.normal())
+        model = self.model
+        if model is not None:
+            # The basket is priced at the first attempt; the order completes a second or so
+            # later, nearly always in the same window.
+            amount *= model.at(t).revenue_factor
+        amount = round(amount, 2)
         method = self.pick_method()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             outage = bool(self.outages) and _inside(self.outages, t)
-            ok = u() < (OUTAGE_SUCCESS if outage else PAYMENT_SUCCESS)
+            success = PAYMENT_SUCCESS if model is None else model.at(t).payment_success
+            ok = u() < (OUTAGE_SUCCESS if outage else success)
             error = None if ok else "psp_unavailable" if outage else self.pick_error()
             retry = not ok and attempt < MAX_ATTEMPTS and u() < P_RETRY
             ticket = not ok and not retry and u() < P_TICKET_NO_ORDER
@@ -433,7 +583,8 @@ class _Run:
         t = yield _track(user, "Order Completed", props, ctx.copy()), 10.0 + 30.0 * u()
 
         late = bool(self.late_deliveries) and _inside(self.late_deliveries, t)
-        on_time = u() < (LATE_ON_TIME if late else ON_TIME)
+        punctual = ON_TIME if model is None else model.at(t).on_time
+        on_time = u() < (LATE_ON_TIME if late else punctual)
         intact = u() < INTACT
         carriers = _CARRIERS.get(region, _OTHER_CARRIERS)
         props = {
@@ -454,6 +605,11 @@ class _Run:
             t = yield closed, 3.0 + 12.0 * u() if survey else None
         if survey:
             nps = self.nps_good() if good else self.nps_bad()
+            if model is not None:
+                shift = model.at(t).nps_shift
+                if shift:
+                    # Randomised rounding: the mean score moves by exactly the shift.
+                    nps = min(10, max(0, nps + math.floor(shift + u())))
             # CSAT follows NPS loosely (9-10 mostly 5, 7-8 mostly 4, detractors 1-4): about
             # 87 % of ratings are 4+ after good deliveries, 68 % after bad ones.
             csat = min(5, max(1, int(nps * 0.45 + 0.7 + u())))
@@ -493,6 +649,44 @@ class JourneySimulator:
 
     Each call to :meth:`events` or :meth:`encoded` starts a fresh stream: same seed and
     start time, same events.
+
+    **Dependence model.**  Windows are ``window`` seconds of event time, aligned to the
+    epoch as the worker aligns them.  With ``cpi_variation`` > 0 two CPIs drift per
+    window, each as ``sigmoid(logit(base) + cpi_variation * x[t])`` where ``x`` is an
+    independent stationary AR(1) series of standard normal values (coefficient
+    ``cpi_persistence``):
+
+    - *payment success* (base 0.97, the CPI ``checkout_success_rate``) drives
+      ``revenue`` ``revenue_lag_windows`` later: every basket priced in window ``t`` is
+      multiplied by ``1 + revenue_gain * z_p[t - revenue_lag_windows] + revenue_noise *
+      e[t]`` (at least 0.1), where ``z_p`` is the success probability in standard
+      deviations of its own distribution and ``e`` independent standard normal noise;
+      the ``amount`` of the payment attempts carries the same factor, so revenue still
+      equals the amount paid;
+    - *on-time delivery* (base 0.93, ``delivered_on_time_rate``) drives ``nps``
+      ``nps_lag_windows`` later: every survey score of window ``t`` moves by
+      ``nps_gain * z_q[t - nps_lag_windows]`` points on average (randomised rounding,
+      kept within 0..10), and CSAT, drawn from the score, follows.
+
+    ``cpi_variation`` is in logit units: 0.5 keeps payment success mostly within about
+    0.95..0.98 (one standard deviation), 1.0 within 0.92..0.99; the distribution is
+    skewed towards failures, as outages are.  With ``cpi_persistence`` 0 the windows are
+    independent; a persistence of ``phi`` leaves correlation ``phi ** d`` between
+    windows ``d`` apart, which also widens a KPI's correlation peak to neighbouring lags.
+
+    Besides these two, only weak same-window effects exist: failed payments end some
+    journeys (fewer orders, so lower revenue and conversion in the same window) and late
+    deliveries lower the NPS of their own customers (the effect without the model).
+    Independent by construction, at every lag: ``support_first_contact_resolution``
+    and ``revenue`` / ``conversion_rate`` / ``average_order_value`` (it does touch
+    ``nps``: an unresolved ticket spoils its customer's score); ``delivered_on_time_rate``
+    and those three; ``checkout_success_rate`` and ``nps``; the topic KPI
+    :data:`KPI_SAMPLE_NAME` (:meth:`kpi_sample`) and every CPI.
+
+    The model has its own generator, seeded by ``seed``: it is deterministic, and with
+    ``cpi_variation`` and ``revenue_noise`` both 0 (the defaults) it is off and the
+    stream is exactly the constant-probability stream.  Incidents override the drifting
+    probabilities inside their interval but do not feed the lagged effects.
     """
 
     def __init__(
@@ -504,28 +698,75 @@ class JourneySimulator:
         channels: Sequence[str] | Mapping[str, float] = DEFAULT_CHANNELS,
         regions: Sequence[str] | Mapping[str, float] = DEFAULT_REGIONS,
         users: int = _USERS,
+        window: float = _DEFAULT_WINDOW,
+        cpi_variation: float = 0.0,
+        cpi_persistence: float = _DEFAULT_PERSISTENCE,
+        revenue_lag_windows: int = REVENUE_LAG_WINDOWS,
+        revenue_gain: float = _DEFAULT_REVENUE_GAIN,
+        revenue_noise: float = 0.0,
+        nps_lag_windows: int = NPS_LAG_WINDOWS,
+        nps_gain: float = _DEFAULT_NPS_GAIN,
     ) -> None:
         if users < 1:
             raise ValueError(f"users must be >= 1, got {users}")
+        if not (math.isfinite(window) and window > 0):
+            raise ValueError(f"window must be a positive number of seconds, got {window}")
+        if not (math.isfinite(cpi_variation) and cpi_variation >= 0):
+            raise ValueError(f"cpi_variation must be >= 0 (logit units), got {cpi_variation}")
+        if not 0 <= cpi_persistence < 1:
+            raise ValueError(f"cpi_persistence must be in [0, 1), got {cpi_persistence}")
+        for lag_name, lag in (
+            ("revenue_lag_windows", revenue_lag_windows),
+            ("nps_lag_windows", nps_lag_windows),
+        ):
+            if isinstance(lag, bool) or not isinstance(lag, int) or lag < 0:
+                raise ValueError(f"{lag_name} must be a whole number >= 0, got {lag!r}")
+        for gain_name, gain in (("revenue_gain", revenue_gain), ("nps_gain", nps_gain)):
+            if not math.isfinite(gain):
+                raise ValueError(f"{gain_name} must be a finite number, got {gain}")
+        if not (math.isfinite(revenue_noise) and revenue_noise >= 0):
+            raise ValueError(f"revenue_noise must be >= 0, got {revenue_noise}")
         self.seed = seed
         self.start_time = start_time
         self.incidents = tuple(incidents)
         self.channels = _weights(channels, "channels")
         self.regions = _weights(regions, "regions")
         self.users = users
+        self.window = float(window)
+        self.cpi_variation = float(cpi_variation)
+        self.cpi_persistence = float(cpi_persistence)
+        self.revenue_lag_windows = revenue_lag_windows
+        self.revenue_gain = float(revenue_gain)
+        self.revenue_noise = float(revenue_noise)
+        self.nps_lag_windows = nps_lag_windows
+        self.nps_gain = float(nps_gain)
 
-    def events(self, count: int | None = None, *, rate: float | None = None) -> Iterator[Event]:
+    @property
+    def dependence(self) -> bool:
+        """Whether the dependence model is on (``cpi_variation`` or ``revenue_noise`` > 0)."""
+        return self.cpi_variation > 0 or self.revenue_noise > 0
+
+    def events(
+        self,
+        count: int | None = None,
+        *,
+        rate: float | None = None,
+        start_time: float | None = None,
+    ) -> Iterator[Event]:
         """Yield ``count`` events (endless if None) in event-time order.
 
-        Event time starts at ``start_time`` (default: now, at this call) and advances by
-        ``1/rate`` seconds per event (``rate`` defaults to 1000 events per second).
+        Event time starts at ``start_time`` (default: the simulator's, else now, at this
+        call) and advances by ``1/rate`` seconds per event (``rate`` defaults to 1000
+        events per second).
         """
         rate = _DEFAULT_RATE if rate is None else rate
         if not (math.isfinite(rate) and rate > 0):
             raise ValueError(f"rate must be a positive number of events per second, got {rate}")
         if count is not None and count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
-        t0 = time.time() if self.start_time is None else self.start_time
+        if start_time is None:
+            start_time = self.start_time
+        t0 = time.time() if start_time is None else start_time
         return _Run(self, t0).events(t0, rate, count)
 
     def encoded(
@@ -536,11 +777,41 @@ class JourneySimulator:
         for event in self.events(count, rate=rate):
             yield event["userId"].encode(), dumps(event)
 
+    def kpi_sample(self, when: float) -> dict[str, Any]:
+        """The :data:`KPI_SAMPLE_NAME` sample of the window holding ``when`` (epoch seconds).
+
+        In the KPI topic format (:func:`streams.codec.decode_kpi_sample`), stamped at the
+        window's start, with the EUR spent in that window: lognormal around 500, drawn
+        from the seed and the window alone, so independent of every journey and CPI and
+        the same whenever it is asked for.
+
+        >>> sim = JourneySimulator(seed=1)
+        >>> sample = sim.kpi_sample(1795428030.0)
+        >>> sample["kpi"], sample["timestamp"], sample == sim.kpi_sample(1795428000.0)
+        ('marketing_spend', '2026-11-23T10:00:00.000Z', True)
+        """
+        index = _window_of(when, self.window)
+        rng = np.random.default_rng([self.seed, _SPEND_STREAM, index])
+        spend = _SPEND_EUR * math.exp(_SPEND_SIGMA * float(rng.standard_normal()))
+        return {
+            "kpi": KPI_SAMPLE_NAME,
+            "timestamp": iso_timestamp(index * self.window),
+            "value": round(spend, 2),
+            "dims": {},
+        }
+
 
 # -- Kafka --------------------------------------------------------------------------------
 
 _CHUNK: Final = 4096  # events per loop turn when producing as fast as possible
 _MIN_TICK: Final = 0.002  # shortest pacing sleep; smaller sleeps only add loop overhead
+_DUE_SLACK: Final = 1e-6  # events; see produce()
+
+# The clocks produce() reads and its pause; module attributes so that tests can run it on
+# a fake clock.
+_wall: Callable[[], float] = time.time
+_monotonic: Callable[[], float] = time.monotonic
+_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 async def produce(
@@ -552,6 +823,8 @@ async def produce(
     count: int | None,
     simulator: JourneySimulator,
     live_time: bool = True,
+    speed: float = 1.0,
+    kpi_topic: str | None = None,
     progress: Callable[[int], None] | None = None,
     producer_options: Mapping[str, Any] | None = None,
 ) -> int:
@@ -559,13 +832,28 @@ async def produce(
 
     ``rate`` paces to that many events per second of wall time (None: as fast as
     possible).  Stops after ``duration`` seconds or ``count`` events, whichever comes
-    first (both None: until cancelled).  With ``live_time`` every event is stamped with
-    the wall-clock time it is sent at, so consumers see current events even when the
-    producer runs faster or slower than the simulated clock; without it events keep
-    their simulated times.  ``progress(n)`` is called about once a second and at the
-    end.  ``producer_options`` go to :class:`aiokafka.AIOKafkaProducer` (SASL/SSL,
-    ``acks``, ``max_batch_size`` ...).  Connection failures raise
-    :class:`~models.errors.BrokerError`.
+    first (both None: until cancelled).
+
+    ``speed``: event time runs that many times faster than wall time (a paced run
+    only); at 60 a 1-minute window passes every second, ``rate / speed`` events per
+    second of event time.  With ``live_time`` (the default) the stream is re-timed to
+    the wall clock: at speed 1 it starts now; faster, it starts ``(speed - 1) x`` the
+    run's length in the past (so a faster run needs ``duration`` or ``count``), so that
+    event time catches up with the clock at the last event.  Either way an event is
+    never stamped later than the moment it is sent: the worker dead-letters events more
+    than ``CPIMON_MAX_FUTURE_SECONDS`` ahead of its clock, and a stamp in the future
+    would also close windows before their events arrive.  A producer that falls behind
+    sends its backlog with the planned, now past, stamps, as a late source would.  An
+    unpaced ``live_time`` run stamps each event with the wall clock as it is sent.
+    Without ``live_time`` events keep the simulator's times (its ``start_time``, else
+    now).
+
+    ``kpi_topic``: also publish one :meth:`JourneySimulator.kpi_sample` per window of
+    event time there, keyed by the KPI name, when the stream enters that window.
+
+    ``progress(n)`` is called about once a second and at the end.  ``producer_options``
+    go to :class:`aiokafka.AIOKafkaProducer` (SASL/SSL, ``acks``, ``max_batch_size``
+    ...).  Connection failures raise :class:`~models.errors.BrokerError`.
     """
     # Imported on use: generating events (tests, benchmarks) does not need a Kafka client.
     from aiokafka import AIOKafkaProducer
@@ -577,41 +865,82 @@ async def produce(
         raise ValueError(f"count must be >= 0, got {count}")
     if duration is not None and not duration >= 0:
         raise ValueError(f"duration must be >= 0 seconds, got {duration}")
+    if not (math.isfinite(speed) and speed > 0):
+        raise ValueError(f"speed must be a positive number, got {speed}")
     limit: float = math.inf if count is None else count
     if rate is not None and duration is not None:
         limit = min(limit, math.ceil(rate * duration))
+    if speed != 1.0 and rate is None:
+        raise ValueError("speed needs a rate: an unpaced run has no wall time to compare with")
+    if speed > 1.0 and live_time and math.isinf(limit):
+        raise ValueError(
+            "speed > 1 with live timestamps needs a duration or a count: the stream starts "
+            "in the past by (speed - 1) x its length so that it never runs ahead of the clock"
+        )
 
     options = {"max_batch_size": 512 * 1024, **(producer_options or {})}
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **options)
     try:
         await producer.start()
         batcher = _Batcher(producer, topic, sorted(await producer.partitions_for(topic)))
-        events = simulator.events(rate=rate)
+        samples = None
+        if kpi_topic is not None:
+            samples = _Batcher(
+                producer, kpi_topic, sorted(await producer.partitions_for(kpi_topic))
+            )
+        # Event i is at t0 + i * step on the simulator's grid, unless restamped.
+        restamp = live_time and rate is None
+        grid_rate = None if rate is None else rate / speed
+        if live_time and rate is not None:
+            # Event i is sent no earlier than i / rate after now and stamped (speed - 1)
+            # * i / rate further on: starting that far back for the last one keeps every
+            # stamp at or before its send time.
+            t0 = _wall() - max(speed - 1.0, 0.0) * (0.0 if math.isinf(limit) else limit / rate)
+        else:
+            t0 = _wall() if simulator.start_time is None else simulator.start_time
+        step = 1.0 / (_DEFAULT_RATE if grid_rate is None else grid_rate)
+        events = simulator.events(rate=grid_rate, start_time=t0)
         iso = _iso_formatter()
         dumps = orjson.dumps
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        kpi_key = KPI_SAMPLE_NAME.encode()
+        window = simulator.window
+        current_window: int | None = None
+        started = _monotonic()
         next_report = started + 1.0
         sent = 0
         while sent < limit:
-            elapsed = loop.time() - started
+            elapsed = _monotonic() - started
             if duration is not None and elapsed >= duration:
                 break
-            due = min(sent + _CHUNK if rate is None else math.floor(elapsed * rate) + 1, limit)
-            for event in islice(events, max(0, int(due) - sent)):
-                if live_time:
-                    event["timestamp"] = iso(time.time())
+            # A pause ends a hair before its event is due as often as after it; the slack
+            # saves a wasted tick (and the last event of a timed run) for a microsecond.
+            paced = math.floor(elapsed * rate + _DUE_SLACK) + 1 if rate is not None else 0
+            due = min(sent + _CHUNK if rate is None else paced, limit)
+            for i, event in enumerate(islice(events, max(0, int(due) - sent)), sent):
+                if restamp:
+                    when = _wall()
+                    event["timestamp"] = iso(when)
+                else:
+                    when = t0 + i * step
+                if samples is not None and _window_of(when, window) != current_window:
+                    current_window = _window_of(when, window)
+                    await samples.add(kpi_key, dumps(simulator.kpi_sample(when)))
                 await batcher.add(event["userId"].encode(), dumps(event))
             # Send partial batches every turn so that paced events leave promptly.
             await batcher.send()
+            if samples is not None:
+                await samples.send()
             sent = max(sent, int(due))
-            now = loop.time()
+            now = _monotonic()
             if progress is not None and now >= next_report:
                 progress(sent)
                 next_report = now + 1.0
-            pause = 0.0 if rate is None else max((sent + 1) / rate - (now - started), _MIN_TICK)
-            await asyncio.sleep(pause)
+            # Until event number `sent` (counting from 0) is due, at sent / rate.
+            pause = 0.0 if rate is None else max(sent / rate - (now - started), _MIN_TICK)
+            await _sleep(pause)
         await batcher.close()
+        if samples is not None:
+            await samples.close()
     except KafkaError as exc:
         raise BrokerError(f"producing to topic {topic} on {bootstrap} failed: {exc}") from exc
     finally:

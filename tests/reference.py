@@ -7,6 +7,7 @@ worker's routing or estimators cannot hide in the expectation too.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from datetime import datetime
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from models.spec import Indicator
+from models.spec import Catalog, Indicator
 
 
 def dig(event: dict[str, Any], path: str) -> Any:
@@ -94,3 +95,32 @@ def value_of(indicator: Indicator, values: list[float]) -> float | None:
         denominator = np.sum(data == 0.0)
         return None if denominator == 0 else float(np.sum(data == 1.0) / denominator)
     raise AssertionError(f"no reference for measure {kind}")
+
+
+#: The segment of an indicator's series over all its segments (no segment labels).
+ALL = None
+
+
+def series_windows(
+    catalog: Catalog, events: list[dict[str, Any]]
+) -> dict[tuple[Indicator, tuple[str, ...] | None], dict[float, list[float]]]:
+    """Every series the worker computes: per segment, and over all segments (``ALL``)."""
+    series: dict[tuple[Indicator, tuple[str, ...] | None], dict[float, list[float]]] = {}
+    for indicator in catalog.indicators:
+        for segment, windows in windows_by_segment(indicator, events).items():
+            series[(indicator, segment)] = windows
+        if indicator.segment_by:
+            overall = dataclasses.replace(indicator, segment_by=())
+            for windows in windows_by_segment(overall, events).values():
+                series[(indicator, ALL)] = windows
+    return series
+
+
+def series_labels(indicator: Indicator, segment: tuple[str, ...] | None) -> dict[str, str]:
+    """The labels the worker gives a series."""
+    labels = {indicator.kind: indicator.name, "owner": indicator.owner}
+    if indicator.kind == "cpi":
+        labels["journey_step"] = indicator.journey_step
+    if segment is not None:
+        labels.update(zip((s.label for s in indicator.segment_by), segment, strict=True))
+    return labels

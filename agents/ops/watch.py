@@ -235,12 +235,20 @@ def _state(indicator: Mapping[str, Any], entry: Mapping[str, Any]) -> Text:
             return Text("first window", style="dim")
         return Text("no data", style="dim")
     below = entry.get("below_target")
+    target = indicator.get("target") or {}
     if below:
-        bound = (indicator.get("target") or {}).get("bound")
-        return Text("above target" if bound == "max" else "below target", style="red")
+        return Text("above target" if target.get("bound") == "max" else "below target", style="red")
+    value = entry["value"]
+    if target and below is False and _breaches(target, value):
+        # The worker did not judge this window (too few events): not an alert, but not ok.
+        return Text("low volume", style="yellow")
     if below is False or entry.get("drop_active") is False:
         return Text("ok", style="green")
     return Text("-", style="dim")
+
+
+def _breaches(target: Mapping[str, Any], value: float) -> bool:
+    return value < target["value"] if target["bound"] == "min" else value > target["value"]
 
 
 def _links(name: str, links: Sequence[Mapping[str, Any]], limit: int = 2) -> Text:

@@ -89,7 +89,7 @@ def test_demo_runs_for_its_duration_serves_metrics_and_cleans_up() -> None:
         stderr=subprocess.STDOUT,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "CPIMON_IDLE_TIMEOUT": "5"},
+        env={**os.environ, "CPIMON_IDLE_TIMEOUT": "6"},
     )
     try:
         url = f"http://127.0.0.1:{port}/metrics"

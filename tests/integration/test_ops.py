@@ -662,7 +662,7 @@ def worker_run(
     bad = [("invalid_json", b"{"), ("not_an_object", b"[1]"), ("empty", b"")]
     messages += [(b"bad", value, {}) for _reason, value in bad]
     produce(broker, topics["CPIMON_EVENTS_TOPIC"], messages)
-    env = {**topics, "CPIMON_APP_ID": app_id, "CPIMON_IDLE_TIMEOUT": "4"}
+    env = {**topics, "CPIMON_APP_ID": app_id, "CPIMON_IDLE_TIMEOUT": "6"}
     with worker_process(broker.url, tmp_path_factory.mktemp("ops-worker"), env) as worker:
         wait_for(
             lambda: (
@@ -689,8 +689,10 @@ def test_watch_json_matches_the_workers_metrics(worker_run: WorkerRun) -> None:
     assert worker["owned_partitions"] == [0, 1, 2, 3]
     indicators = {i["name"]: i for i in state["indicators"]}
     assert indicators["checkout_success_rate"]["target"] == {"bound": "min", "value": 0.95}
-    compared = 0
-    for name, labels, value in worker_run.worker.samples():
+    samples = worker_run.worker.samples()
+    exported = {(name, tuple(sorted(labels.items()))): value for name, labels, value in samples}
+    compared = judged = 0
+    for name, labels, value in samples:
         if name != "cpimon_cpi_value":
             continue
         indicator = indicators[labels["cpi"]]
@@ -698,14 +700,21 @@ def test_watch_json_matches_the_workers_metrics(worker_run: WorkerRun) -> None:
         (entry,) = [s for s in indicator["series"] if s["segment"] == segment]
         assert entry["value"] == pytest.approx(value, rel=1e-12)
         assert entry["history"] and entry["history"][-1]["value"] == entry["value"]
-        target = indicator["target"]
-        if target is not None:
+        key = tuple(sorted(labels.items()))
+        verdict = exported.get(("cpimon_cpi_below_target", key))
+        if verdict is not None:  # the worker's drop detector judges the series: same verdict
+            assert entry["below_target"] is bool(verdict)
+            assert entry["drop_active"] is bool(exported[("cpimon_cpi_drop_active", key)])
+            judged += 1
+        elif indicator["target"] is not None:
+            target = indicator["target"]
             missed = (
                 value < target["value"] if target["bound"] == "min" else value > target["value"]
             )
             assert entry["below_target"] is missed
         compared += 1
     assert compared >= 10
+    assert judged == compared  # every closed window went through drop detection
 
 
 def test_watch_board_renders_the_filtered_cpis(worker_run: WorkerRun) -> None:

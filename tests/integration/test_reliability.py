@@ -21,7 +21,7 @@ from agents.demo import Sample
 from models.catalog import load_catalog
 from streams.broker import EmbeddedBroker
 from streams.simulator import JourneySimulator
-from tests.reference import value_of, windows_by_segment
+from tests.reference import series_labels, series_windows, value_of
 from tests.support import EXAMPLE_CATALOG, WorkerProcess, wait_for, worker_process
 
 pytestmark = pytest.mark.broker
@@ -67,18 +67,17 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(
         "CPIMON_CHECKPOINT_TOPIC": f"checkpoints-{run}",
         "CPIMON_APP_ID": f"cpimon-crash-{run}",
         "CPIMON_CHECKPOINT_INTERVAL": "1",
-        "CPIMON_IDLE_TIMEOUT": "10",
+        "CPIMON_IDLE_TIMEOUT": "20",
     }
     broker.create_topics({env["CPIMON_EVENTS_TOPIC"]: 4})
     catalog = load_catalog(EXAMPLE_CATALOG)
     start = math.floor(time.time() / 60) * 60 - 240
     events = list(JourneySimulator(seed=11, start_time=start).events(9_000, rate=40))
     expected = {
-        (indicator.kind, indicator.name, segment): windows
-        for indicator in catalog.indicators
-        for segment, windows in windows_by_segment(indicator, events).items()
+        tuple(sorted(series_labels(indicator, segment).items())): (indicator, windows)
+        for (indicator, segment), windows in series_windows(catalog, events).items()
     }
-    total = sum(len(v) for windows in expected.values() for v in windows.values())
+    total = sum(len(v) for _, windows in expected.values() for v in windows.values())
 
     stop = threading.Event()
     producer = threading.Thread(
@@ -132,26 +131,16 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(
     assert owners and max(owners.values()) == 1
 
     # Counts are exact and values equal the values computed from the events.
-    exported_counts: dict[tuple[str, str, tuple[str, ...]], float] = {}
-    exported_values: dict[tuple[str, str, tuple[str, ...]], float] = {}
+    exported: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for samples in by_worker.values():
         for name, labels, value in samples:
-            for kind in ("cpi", "kpi", "metric"):
-                if name not in (f"cpimon_{kind}_events_total", f"cpimon_{kind}_value"):
-                    continue
-                indicator = catalog.indicator(labels[kind])
-                segment = tuple(labels[s.label] for s in indicator.segment_by)
-                if name == f"cpimon_{kind}_events_total":
-                    exported_counts[(kind, indicator.name, segment)] = value
-                elif name == f"cpimon_{kind}_value":
-                    exported_values[(kind, indicator.name, segment)] = value
-    for (kind, name, segment), windows in expected.items():
-        assert exported_counts[(kind, name, segment)] == sum(len(v) for v in windows.values())
-        indicator = catalog.indicator(name)
+            exported.setdefault(name, {})[tuple(sorted(labels.items()))] = value
+    for labels, (indicator, windows) in expected.items():
+        kind = indicator.kind
+        counts = exported[f"cpimon_{kind}_events_total"]
+        assert counts[labels] == sum(len(v) for v in windows.values()), labels
         want = value_of(indicator, windows[max(windows)])
         if want is None or indicator.measure.kind == "quantile":
             continue
-        assert exported_values[(kind, name, segment)] == pytest.approx(want, rel=1e-9, abs=1e-9), (
-            name,
-            segment,
-        )
+        got = exported[f"cpimon_{kind}_value"][labels]
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-9), labels

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -19,7 +20,7 @@ from models.spec import Catalog, Indicator
 from streams.broker import EmbeddedBroker
 from streams.deadletter import REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC, read_headers
 from streams.simulator import JourneySimulator
-from tests.reference import value_of, windows_by_segment
+from tests.reference import series_labels, series_windows, value_of
 from tests.support import EXAMPLE_CATALOG, WorkerProcess, wait_for, worker_process
 
 pytestmark = pytest.mark.broker
@@ -131,13 +132,12 @@ def shop_run(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -
     producer.close()
 
     tmp_path = tmp_path_factory.mktemp("worker")
-    env = {**topics, "CPIMON_APP_ID": app_id, "CPIMON_IDLE_TIMEOUT": "4"}
+    env = {**topics, "CPIMON_APP_ID": app_id, "CPIMON_IDLE_TIMEOUT": "6"}
     total = len(events) + len(bad)
     catalog = load_catalog(EXAMPLE_CATALOG)
     observations = sum(
         len(values)
-        for indicator in catalog.indicators
-        for windows in windows_by_segment(indicator, events).values()
+        for windows in series_windows(catalog, events).values()
         for values in windows.values()
     )
 
@@ -161,57 +161,50 @@ def shop_run(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -
     yield ShopRun(catalog, events, produced_bad, samples, topics, app_id, end_offsets)
 
 
-def _expected(indicator: Indicator, events: list[dict[str, Any]]) -> dict[tuple[str, ...], Any]:
-    return windows_by_segment(indicator, events)
-
-
-def _labels(indicator: Indicator, segment: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    labels = {indicator.kind: indicator.name, "owner": indicator.owner}
-    if indicator.kind == "cpi":
-        labels["journey_step"] = indicator.journey_step
-    labels.update(zip((s.label for s in indicator.segment_by), segment, strict=True))
-    return tuple(sorted(labels.items()))
+def _labels(indicator: Indicator, segment: tuple[str, ...] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(series_labels(indicator, segment).items()))
 
 
 def test_every_indicator_value_equals_the_value_computed_from_the_events(shop_run: ShopRun) -> None:
     checked = 0
-    for indicator in shop_run.catalog.indicators:
+    for (indicator, segment), windows in series_windows(shop_run.catalog, shop_run.events).items():
         exported = shop_run.values(f"cpimon_{indicator.kind}_value")
-        for segment, windows in _expected(indicator, shop_run.events).items():
-            last_window = windows[max(windows)]
-            expected = value_of(indicator, last_window)
-            labels = _labels(indicator, segment)
-            if expected is None:
-                assert labels not in exported
-                continue
-            assert labels in exported, f"{indicator.name} {segment} missing from /metrics"
-            if indicator.measure.kind == "quantile":
-                # River's quantile is the P² estimate: it must be a plausible p95,
-                # between the exact 90th and 99th percentiles of the same window.
-                low = value_of_quantile(last_window, 0.90)
-                high = value_of_quantile(last_window, 0.99)
-                assert low <= exported[labels] <= high, (indicator.name, segment)
-            else:
-                assert exported[labels] == pytest.approx(expected, rel=1e-9, abs=1e-9), (
-                    indicator.name,
-                    segment,
-                )
-            checked += 1
+        last_window = windows[max(windows)]
+        expected = value_of(indicator, last_window)
+        labels = _labels(indicator, segment)
+        if expected is None:
+            assert labels not in exported
+            continue
+        assert labels in exported, f"{indicator.name} {segment} missing from /metrics"
+        if indicator.measure.kind == "quantile":
+            # River's quantile is the P² estimate: it must be a plausible p95,
+            # between the exact 90th and 99th percentiles of the same window.
+            low = value_of_quantile(last_window, 0.90)
+            high = value_of_quantile(last_window, 0.99)
+            assert low <= exported[labels] <= high, (indicator.name, segment)
+        else:
+            assert exported[labels] == pytest.approx(expected, rel=1e-9, abs=1e-9), (
+                indicator.name,
+                segment,
+            )
+        checked += 1
     assert checked >= 20
 
 
 def value_of_quantile(values: list[float], q: float) -> float:
-    import numpy as np
-
     return float(np.quantile(np.asarray(values), q))
 
 
 def test_event_counts_per_series_are_exact(shop_run: ShopRun) -> None:
-    for indicator in shop_run.catalog.indicators:
+    expected_series = series_windows(shop_run.catalog, shop_run.events)
+    for (indicator, segment), windows in expected_series.items():
         exported = shop_run.values(f"cpimon_{indicator.kind}_events_total")
-        for segment, windows in _expected(indicator, shop_run.events).items():
-            expected = sum(len(values) for values in windows.values())
-            assert exported[_labels(indicator, segment)] == expected, (indicator.name, segment)
+        expected = sum(len(values) for values in windows.values())
+        assert exported[_labels(indicator, segment)] == expected, (indicator.name, segment)
+    exported_series = sum(
+        len(shop_run.values(f"cpimon_{kind}_events_total")) for kind in ("cpi", "kpi", "metric")
+    )
+    assert exported_series == len(expected_series)
 
 
 def test_live_and_closed_values_cover_every_cpi(shop_run: ShopRun) -> None:

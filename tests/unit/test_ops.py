@@ -183,6 +183,16 @@ def test_the_board_renders_values_sparklines_states_and_links() -> None:
     assert all(len(line) <= 120 for line in text.splitlines())
 
 
+def test_the_board_says_when_a_low_value_was_not_judged() -> None:
+    quiet = _series("web", [0.97, 0.60], events=3)
+    quiet["below_target"] = False  # the worker's detector skipped the 3-event window
+    state = merge({"a": _state("a", [0], [quiet])})
+    console = Console(record=True, width=120, color_system=None)
+    console.print(render(state, History()))
+    row = next(line for line in console.export_text().splitlines() if "web/eu" in line)
+    assert "60.0%" in row and "low volume" in row
+
+
 def test_the_board_filters_by_owner() -> None:
     state = merge({"a": _state("a", [0], [_series("web", [0.97])])})
     console = Console(record=True, width=120, color_system=None)
@@ -267,8 +277,10 @@ def test_state_snapshot_lights_up_drops_and_links_once_the_worker_has_them() -> 
     for t, value in enumerate([3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0, 5.0, 3.0, 5.0, 8.0]):
         tracker.add_cpi(60.0 * t, value)
         tracker.add_kpi(60.0 * (t + 1), 10.0 + 2.0 * value + (t % 3 - 1) * 0.5)
-    link = Link(cpi="checkout_success_rate", kpi="revenue")
-    state = state_snapshot(cast(Any, _worker(aggregator, links={link: tracker})))
+    board = SimpleNamespace(  # the worker's LinkBoard, on the worker tracking links
+        current=lambda: SimpleNamespace(trackers={("checkout_success_rate", "revenue"): tracker})
+    )
+    state = state_snapshot(cast(Any, _worker(aggregator, links=board)))
     checkout = next(i for i in state["indicators"] if i["name"] == "checkout_success_rate")
     (entry,) = checkout["series"]
     assert entry["drop_active"] is True and entry["below_target"] is True
@@ -280,6 +292,12 @@ def test_state_snapshot_lights_up_drops_and_links_once_the_worker_has_them() -> 
     assert reported["best_lag_seconds"] == 60.0 * best.lag == 60.0
     assert reported["confirmed"] is True and reported["n"] == best.n
     assert reported["impact"] == pytest.approx(best.slope)
+    link = Link(cpi="checkout_success_rate", kpi="revenue")  # a plain mapping works too
+    assert state_snapshot(cast(Any, _worker(aggregator, links={link: tracker})))["links"] == [
+        reported
+    ]
+    idle_board = SimpleNamespace(current=lambda: None)  # another worker holds the links
+    assert state_snapshot(cast(Any, _worker(aggregator, links=idle_board)))["links"] == []
 
 
 # --- tail --------------------------------------------------------------------------------

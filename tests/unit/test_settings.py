@@ -22,7 +22,7 @@ def test_defaults() -> None:
     assert settings.bootstrap_servers == ["127.0.0.1:9092"]
     assert settings.events_topic == "journey-events"
     assert settings.observation_partitions == 4
-    assert settings.idle_timeout == 60.0
+    assert settings.idle_timeout == 120.0
     assert settings.auto_offset_reset == "latest"
     assert settings.security_protocol == "PLAINTEXT"
     assert settings.kafka_client_options() == {"security_protocol": "PLAINTEXT"}
@@ -62,7 +62,7 @@ def test_every_field_has_a_variable() -> None:
         ("CPIMON_OBSERVATION_PARTITIONS", "12", "observation_partitions", 12),
         ("CPIMON_METRICS_PORT", " 9100 ", "metrics_port", 9100),
         ("CPIMON_MAX_EVENT_BYTES", "1_000_000", "max_event_bytes", 1_000_000),
-        ("CPIMON_IDLE_TIMEOUT", "90.5", "idle_timeout", 90.5),
+        ("CPIMON_IDLE_TIMEOUT", "150.5", "idle_timeout", 150.5),
         ("CPIMON_MAX_FUTURE_SECONDS", "60", "max_future_seconds", 60.0),
         ("CPIMON_EVENTS_TOPIC", "shop.events", "events_topic", "shop.events"),
         (
@@ -257,6 +257,6 @@ def test_replace_keeps_the_rest() -> None:
 
 def test_idle_timeout_shorter_than_a_failover_is_refused() -> None:
     with pytest.raises(ConfigError, match="CPIMON_IDLE_TIMEOUT") as raised:
-        Settings.from_env({"CPIMON_SESSION_TIMEOUT": "30", "CPIMON_IDLE_TIMEOUT": "45"})
+        Settings.from_env({"CPIMON_SESSION_TIMEOUT": "30", "CPIMON_IDLE_TIMEOUT": "80"})
     assert "Raise CPIMON_IDLE_TIMEOUT" in str(raised.value)
-    assert Settings.from_env({"CPIMON_SESSION_TIMEOUT": "2", "CPIMON_IDLE_TIMEOUT": "4"})
+    assert Settings.from_env({"CPIMON_SESSION_TIMEOUT": "2", "CPIMON_IDLE_TIMEOUT": "6"})

@@ -1,4 +1,5 @@
-"""The journey simulator: determinism, event-time grid, vocabulary, proportions, incidents."""
+"""The journey simulator: determinism, event-time grid, vocabulary, proportions, incidents,
+the CPI -> KPI dependence model, and producing (pacing, speed, KPI samples)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,27 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
+import streams.simulator as simulator_module
+from agents.cli import build_parser, main
 from models.errors import BrokerError
 from streams.broker import EmbeddedBroker, free_port
+from streams.codec import decode_event, decode_kpi_sample
 from streams.simulator import (
     DEFAULT_CHANNELS,
     DEFAULT_REGIONS,
     EVENT_NAMES,
+    KPI_SAMPLE_NAME,
+    NPS_LAG_WINDOWS,
     PAGE_NAMES,
+    REVENUE_LAG_WINDOWS,
     Incident,
     JourneySimulator,
     iso_timestamp,
@@ -415,6 +424,286 @@ def test_incident_validates_fields() -> None:
         Incident("meteor", 0, 10)
 
 
+# -- dependence model -------------------------------------------------------------------
+
+WINDOW = 60.0
+# Events per window: about 67 payment attempts, 65 orders, 60 deliveries, 17 surveys and
+# 2.5 support tickets, enough for per-window rates that carry the model's drift.
+PER_WINDOW = 1500
+LAGS = 6  # 0..5, the catalog's default max_lag
+
+
+@dataclass(frozen=True)
+class Series:
+    """Per-window indicator values as the catalog computes them (NaN: no events)."""
+
+    checkout_success_rate: np.ndarray
+    delivered_on_time_rate: np.ndarray
+    support_first_contact_resolution: np.ndarray
+    revenue: np.ndarray
+    conversion_rate: np.ndarray
+    average_order_value: np.ndarray
+    nps: np.ndarray
+    marketing_spend: np.ndarray
+    payments: np.ndarray  # payment attempts per window
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        value: np.ndarray = getattr(self, name)
+        return value
+
+
+def per_window(sim: JourneySimulator, windows: int) -> Series:
+    """Generate ``windows`` windows of PER_WINDOW events from START and aggregate them."""
+    counts = {key: np.zeros(windows) for key in ("pay", "ok", "rev", "orders", "sessions")}
+    counts |= {key: np.zeros(windows) for key in ("dl", "ot", "tk", "fcr", "sv", "pro", "det")}
+    rate = PER_WINDOW / WINDOW
+    for event in sim.events(windows * PER_WINDOW, rate=rate):
+        if event["type"] != "track":
+            continue
+        k = int((epoch(event) - START) // WINDOW)
+        p = event["properties"]
+        match event["event"]:
+            case "Payment Attempted":
+                counts["pay"][k] += 1
+                counts["ok"][k] += p["success"]
+            case "Order Completed":
+                counts["orders"][k] += 1
+                counts["rev"][k] += p["revenue"]
+            case "Session Started":
+                counts["sessions"][k] += 1
+            case "Order Delivered":
+                counts["dl"][k] += 1
+                counts["ot"][k] += p["on_time"]
+            case "Support Ticket Closed":
+                counts["tk"][k] += 1
+                counts["fcr"][k] += p["first_contact_resolution"]
+            case "Survey Submitted":
+                counts["sv"][k] += 1
+                counts["pro"][k] += p["nps"] >= 9
+                counts["det"][k] += p["nps"] <= 6
+    spend = [sim.kpi_sample(START + k * WINDOW)["value"] for k in range(windows)]
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 -> NaN: an empty window
+        return Series(
+            checkout_success_rate=counts["ok"] / counts["pay"],
+            delivered_on_time_rate=counts["ot"] / counts["dl"],
+            support_first_contact_resolution=counts["fcr"] / counts["tk"],
+            revenue=counts["rev"],
+            conversion_rate=counts["orders"] / counts["sessions"],
+            average_order_value=counts["rev"] / counts["orders"],
+            nps=100.0 * (counts["pro"] - counts["det"]) / counts["sv"],
+            marketing_spend=np.array(spend),
+            payments=counts["pay"],
+        )
+
+
+def lagged_r(cpi: np.ndarray, kpi: np.ndarray) -> np.ndarray:
+    """Pearson r of CPI window t with KPI window t + lag, lag 0..5 (as LinkTracker pairs
+    them), over the windows where both are defined."""
+    rs = []
+    for lag in range(LAGS):
+        x, y = cpi[: len(cpi) - lag], kpi[lag:]
+        both = np.isfinite(x) & np.isfinite(y)
+        assert both.sum() > 50, f"only {both.sum()} pairs at lag {lag}"
+        rs.append(np.corrcoef(x[both], y[both])[0, 1])
+    return np.array(rs)
+
+
+def model(seed: int = 4, **options: Any) -> JourneySimulator:
+    return JourneySimulator(seed=seed, start_time=START, window=WINDOW, **options)
+
+
+@pytest.fixture(scope="module")
+def drifting() -> Series:
+    """200 windows with the model on (defaults but for the NPS effect: doubled, as a
+    window has only about 17 surveys)."""
+    return per_window(model(cpi_variation=1.0, nps_gain=1.5), 200)
+
+
+@pytest.fixture(scope="module")
+def constant() -> Series:
+    """60 windows with the model off (the default)."""
+    return per_window(model(), 60)
+
+
+def assert_peak(r: np.ndarray, lag: int, minimum: float) -> None:
+    shown = " ".join(f"{value:+.2f}" for value in r)
+    assert int(np.argmax(r)) == lag, shown
+    assert r[lag] > minimum, shown
+    # Persistence 0.3 leaves about 0.3 r at the neighbouring lags; two away it is gone.
+    far = [k for k in range(LAGS) if abs(k - lag) >= 2]
+    assert all(abs(r[k]) < 0.3 for k in far), shown
+
+
+def test_revenue_follows_checkout_success_at_its_lag(drifting: Series) -> None:
+    assert REVENUE_LAG_WINDOWS == 3
+    r = lagged_r(drifting.checkout_success_rate, drifting.revenue)
+    assert_peak(r, REVENUE_LAG_WINDOWS, 0.6)
+
+
+def test_nps_follows_on_time_delivery_at_its_lag(drifting: Series) -> None:
+    assert NPS_LAG_WINDOWS == 2
+    r = lagged_r(drifting.delivered_on_time_rate, drifting.nps)
+    assert_peak(r, NPS_LAG_WINDOWS, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("cpi", "kpi"),
+    [
+        ("support_first_contact_resolution", "revenue"),
+        ("support_first_contact_resolution", "conversion_rate"),
+        ("support_first_contact_resolution", "average_order_value"),
+        ("delivered_on_time_rate", "revenue"),
+        ("delivered_on_time_rate", "conversion_rate"),
+        ("checkout_success_rate", "nps"),
+        ("checkout_success_rate", "marketing_spend"),
+        ("delivered_on_time_rate", "marketing_spend"),
+    ],
+)
+def test_documented_independent_pairs_stay_uncorrelated(
+    drifting: Series, cpi: str, kpi: str
+) -> None:
+    r = lagged_r(drifting[cpi], drifting[kpi])
+    assert np.all(np.abs(r) < 0.3), " ".join(f"{value:+.2f}" for value in r)
+
+
+def test_lags_are_configurable() -> None:
+    sim = model(
+        seed=9,
+        cpi_variation=1.0,
+        cpi_persistence=0.0,
+        revenue_gain=0.5,
+        revenue_lag_windows=1,
+        nps_gain=1.5,
+        nps_lag_windows=4,
+    )
+    series = per_window(sim, 120)
+    assert_peak(lagged_r(series.checkout_success_rate, series.revenue), 1, 0.5)
+    assert_peak(lagged_r(series.delivered_on_time_rate, series.nps), 4, 0.5)
+
+
+def dispersion(series: Series) -> float:
+    """Variance of the per-window success rates over the binomial variance alone: about 1
+    when every window has the same success probability."""
+    rates, n = series.checkout_success_rate, series.payments
+    mean = float(np.sum(rates * n) / np.sum(n))
+    return float(np.var(rates, ddof=1) / np.mean(mean * (1 - mean) / n))
+
+
+def test_variation_drifts_success_between_windows(drifting: Series, constant: Series) -> None:
+    assert 0.55 <= dispersion(constant) <= 1.6  # chi-square, 59 df: 99.9 % of seeds
+    assert dispersion(drifting) > 2.0
+    # Skewed towards failures, yet still about the shop's 0.97.
+    assert 0.95 <= float(np.nanmean(drifting.checkout_success_rate)) <= 0.97
+
+
+def test_without_variation_revenue_does_not_follow_success(constant: Series) -> None:
+    r = lagged_r(constant.checkout_success_rate, constant.revenue)
+    assert np.all(np.abs(r) < 0.45), r  # 60 windows: the null's sd is about 0.13
+
+
+def test_model_off_is_exactly_the_constant_stream() -> None:
+    """Gains, lags and persistence do nothing without variation or noise."""
+    inert = JourneySimulator(
+        seed=11,
+        start_time=START,
+        window=5.0,
+        cpi_persistence=0.9,
+        revenue_lag_windows=1,
+        revenue_gain=2.0,
+        nps_lag_windows=0,
+        nps_gain=3.0,
+    )
+    assert not inert.dependence
+    plain = JourneySimulator(seed=11, start_time=START)
+    assert list(inert.events(30_000, rate=50)) == list(plain.events(30_000, rate=50))
+
+
+def test_model_is_deterministic_and_seeded() -> None:
+    a = list(model(seed=2, cpi_variation=1.0, revenue_noise=0.1).events(30_000, rate=50))
+    b = list(model(seed=2, cpi_variation=1.0, revenue_noise=0.1).events(30_000, rate=50))
+    c = list(model(seed=3, cpi_variation=1.0, revenue_noise=0.1).events(30_000, rate=50))
+    assert a == b
+    assert a != c
+
+
+def test_revenue_noise_alone_changes_only_the_amounts() -> None:
+    def split(noise: float) -> tuple[list[Event], list[float]]:
+        events = list(model(seed=5, revenue_noise=noise).events(20_000, rate=25))
+        amounts = []
+        for event in events:
+            props = event["properties"]
+            for key in ("amount", "revenue"):
+                if key in props:
+                    amounts.append(props.pop(key))
+        return events, amounts
+
+    plain, plain_amounts = split(0.0)
+    noisy, noisy_amounts = split(0.3)
+    # The model draws from its own generator: the same journeys, other baskets.
+    assert plain == noisy
+    ratios = [b / a for a, b in zip(plain_amounts, noisy_amounts, strict=True)]
+    assert min(ratios) >= 0.1 - 0.01
+    assert len({round(x, 2) for x in ratios}) > 5
+
+
+def test_payment_amount_carries_the_revenue_factor() -> None:
+    events = list(model(seed=6, cpi_variation=1.0, revenue_gain=0.8).events(30_000, rate=25))
+    paid = {
+        e["properties"]["order_id"]: e["properties"]["amount"]
+        for e in of(events, "Payment Attempted")
+        if e["properties"]["success"]
+    }
+    for event in of(events, "Order Completed"):
+        assert event["properties"]["revenue"] == paid[event["properties"]["order_id"]]
+        assert event["properties"]["revenue"] > 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"window": 0.0}, "window must be a positive"),
+        ({"window": math.inf}, "window must be a positive"),
+        ({"cpi_variation": -0.1}, "cpi_variation must be >= 0"),
+        ({"cpi_variation": math.nan}, "cpi_variation must be >= 0"),
+        ({"cpi_persistence": 1.0}, "cpi_persistence must be in"),
+        ({"cpi_persistence": -0.2}, "cpi_persistence must be in"),
+        ({"revenue_lag_windows": -1}, "revenue_lag_windows must be a whole number"),
+        ({"nps_lag_windows": 1.5}, "nps_lag_windows must be a whole number"),
+        ({"nps_lag_windows": True}, "nps_lag_windows must be a whole number"),
+        ({"revenue_gain": math.inf}, "revenue_gain must be a finite"),
+        ({"revenue_noise": -1.0}, "revenue_noise must be >= 0"),
+    ],
+)
+def test_model_options_are_validated(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        JourneySimulator(**options)
+
+
+# -- KPI samples ------------------------------------------------------------------------
+
+
+def test_kpi_samples_decode_and_belong_to_their_window() -> None:
+    sim = JourneySimulator(seed=8, window=WINDOW)
+    for k in range(5):
+        start = START + k * WINDOW
+        sample = sim.kpi_sample(start + 59.999)
+        assert sample == sim.kpi_sample(start)
+        raw = orjson.dumps(sample)
+        name, when, value, dims = decode_kpi_sample(raw, now=start)
+        assert (name, when, dims) == (KPI_SAMPLE_NAME, start, {})
+        assert 100.0 < value < 2500.0
+    values = [sim.kpi_sample(START + k * WINDOW)["value"] for k in range(50)]
+    assert len(set(values)) == 50
+    assert 400 < statistics.median(values) < 625  # lognormal around 500 EUR
+    other = JourneySimulator(seed=9, window=WINDOW)
+    assert other.kpi_sample(START)["value"] != values[0]
+
+
+def test_kpi_samples_follow_the_window_option() -> None:
+    sim = JourneySimulator(seed=8, window=10.0)
+    assert sim.kpi_sample(START + 15.0)["timestamp"] == iso_timestamp(START + 10.0)
+
+
 # -- configuration and encoding ---------------------------------------------------------
 
 
@@ -563,3 +852,230 @@ def test_produce_rejects_bad_arguments(kwargs: dict[str, Any], message: str) -> 
     sim = JourneySimulator(seed=1, start_time=START)
     with pytest.raises(ValueError, match=message):
         asyncio.run(produce("127.0.0.1:9", "t", simulator=sim, **args))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rate": 100.0, "duration": 1.0, "speed": 0.0}, "speed must be a positive"),
+        ({"rate": 100.0, "duration": 1.0, "speed": math.nan}, "speed must be a positive"),
+        ({"rate": None, "speed": 2.0}, "speed needs a rate"),
+        ({"rate": 100.0, "count": None, "speed": 2.0}, "needs a duration or a count"),
+    ],
+)
+def test_produce_rejects_speed_it_cannot_honour(kwargs: dict[str, Any], message: str) -> None:
+    args: dict[str, Any] = {"duration": None, "count": 10, **kwargs}
+    sim = JourneySimulator(seed=1, start_time=START)
+    with pytest.raises(ValueError, match=message):
+        asyncio.run(produce("127.0.0.1:9", "t", simulator=sim, **args))
+
+
+# -- speed and KPI samples on a fake clock ----------------------------------------------
+
+
+class FakeClock:
+    """Wall and monotonic time that move only when produce() sleeps."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def wall(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now - 1e9  # another origin, the same pace
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+class FakeBatch:
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes, bytes]] = []
+
+    def append(self, *, key: bytes, value: bytes, timestamp: None) -> object:
+        self.records.append((key, value))
+        return object()  # never full
+
+
+class FakeProducer:
+    """Enough of AIOKafkaProducer for produce(): records what it sends, and when."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.sent: list[tuple[str, float, bytes, bytes]] = []  # topic, wall time, key, value
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(
+        self, batch: FakeBatch, topic: str, *, partition: int
+    ) -> asyncio.Future[None]:
+        self.sent.extend((topic, self.clock.now, key, value) for key, value in batch.records)
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+@pytest.fixture
+def fake_kafka(monkeypatch: pytest.MonkeyPatch) -> FakeProducer:
+    import aiokafka
+
+    clock = FakeClock(START + 7200.25)
+    producer = FakeProducer(clock)
+    monkeypatch.setattr(aiokafka, "AIOKafkaProducer", lambda **options: producer)
+    monkeypatch.setattr(simulator_module, "_wall", clock.wall)
+    monkeypatch.setattr(simulator_module, "_monotonic", clock.monotonic)
+    monkeypatch.setattr(simulator_module, "_sleep", clock.sleep)
+    return producer
+
+
+def sent_events(producer: FakeProducer) -> tuple[np.ndarray, np.ndarray]:
+    """(wall time each event was sent at, its event time) in sending order."""
+    events = [(at, orjson.loads(value)) for topic, at, _, value in producer.sent if topic == "ev"]
+    return np.array([at for at, _ in events]), np.array([epoch(e) for _, e in events])
+
+
+@pytest.mark.parametrize("speed", [60.0, 1.0, 0.5])
+def test_live_time_runs_event_time_speed_times_faster_and_never_ahead(
+    fake_kafka: FakeProducer, speed: float
+) -> None:
+    started = fake_kafka.clock.now
+    sim = JourneySimulator(seed=3, start_time=START, cpi_variation=1.0)
+    kwargs: dict[str, Any] = {"rate": 100.0, "duration": 12.0, "count": None, "speed": speed}
+    sent = asyncio.run(produce("fake:9092", "ev", simulator=sim, **kwargs))
+    assert sent == 1200
+    wall, stamped = sent_events(fake_kafka)
+    assert len(stamped) == sent
+    # Event time advances speed x as fast as the wall clock...
+    slope = np.polyfit(wall - started, stamped - started, 1)[0]
+    assert slope == pytest.approx(speed, rel=0.01)
+    # ...is never ahead of it (but for the millisecond rounding of the timestamps)...
+    assert np.all(stamped <= wall + 0.0005)
+    # ...and, faster, catches up with it at the end, having started (speed - 1) x 12 s
+    # back; slower, it starts now and falls behind.
+    behind = max(1.0 - speed, 0.0) * 11.99 + max(speed - 1.0, 0.0) / 100.0
+    assert wall[-1] - stamped[-1] == pytest.approx(behind, abs=0.001)
+    assert stamped[0] == pytest.approx(started - max(speed - 1.0, 0.0) * 12.0, abs=0.001)
+    for _, _, _, value in fake_kafka.sent[:50]:
+        decode_event(value, now=started)  # the worker's limit on future stamps
+
+
+def test_without_live_time_speed_spreads_the_simulators_own_times(
+    fake_kafka: FakeProducer,
+) -> None:
+    sim = JourneySimulator(seed=3, start_time=START)
+    kwargs: dict[str, Any] = {"rate": 100.0, "duration": None, "count": 500, "speed": 30.0}
+    asyncio.run(produce("fake:9092", "ev", simulator=sim, live_time=False, **kwargs))
+    _, stamped = sent_events(fake_kafka)
+    assert np.allclose(stamped, START + 0.3 * np.arange(500), atol=0.0006)
+    assert [orjson.loads(v) for _, _, _, v in fake_kafka.sent] == list(
+        sim.events(500, rate=100.0 / 30.0)
+    )
+
+
+def test_kpi_samples_go_to_their_topic_once_per_window(fake_kafka: FakeProducer) -> None:
+    sim = JourneySimulator(seed=3, window=WINDOW)
+    kwargs: dict[str, Any] = {"rate": 200.0, "duration": 6.0, "count": None, "speed": 60.0}
+    asyncio.run(produce("fake:9092", "ev", simulator=sim, kpi_topic="kpi", **kwargs))
+    _, stamped = sent_events(fake_kafka)
+    windows = sorted({int(t // WINDOW) for t in stamped})
+    assert len(windows) >= 6  # 360 s of event time
+    samples = [(at, key, value) for topic, at, key, value in fake_kafka.sent if topic == "kpi"]
+    decoded = [decode_kpi_sample(value, now=at) for at, _, value in samples]
+    assert {key for _, key, _ in samples} == {KPI_SAMPLE_NAME.encode()}
+    assert [when for _, when, _, _ in decoded] == [k * WINDOW for k in windows]
+    assert [value for _, _, value, _ in decoded] == [
+        sim.kpi_sample(k * WINDOW)["value"] for k in windows
+    ]
+    # Each window's sample leaves with, or before, the first event of that window.
+    first_sent: dict[int, float] = {}
+    for topic, at, _, value in fake_kafka.sent:
+        if topic == "ev":
+            first_sent.setdefault(int(epoch(orjson.loads(value)) // WINDOW), at)
+    for (at, _, _), k in zip(samples, windows, strict=True):
+        assert at <= first_sent[k]
+
+
+# -- the simulate command -----------------------------------------------------------------
+
+
+def test_simulate_option_defaults_match_the_simulator() -> None:
+    args = build_parser().parse_args(["simulate"])
+    sim = JourneySimulator()
+    assert args.revenue_lag == sim.revenue_lag_windows == REVENUE_LAG_WINDOWS
+    assert args.nps_lag == sim.nps_lag_windows == NPS_LAG_WINDOWS
+    assert args.window == sim.window
+    assert args.cpi_variation == sim.cpi_variation == 0.0
+    assert args.speed == 1.0 and args.kpi_topic is None
+    args = build_parser().parse_args(["simulate", "--kpi-topic"])
+    assert args.kpi_topic == ""  # the settings' KPI topic
+    args = build_parser().parse_args(
+        ["simulate", "--cpi-variation", "1.5", "--revenue-lag", "2", "--nps-lag", "4"]
+    )
+    assert (args.cpi_variation, args.revenue_lag, args.nps_lag) == (1.5, 2, 4)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--speed", "60"], "--speed above 1 needs --duration or --count"),
+        (["--speed", "60", "--rate", "0", "--count", "9"], "--speed needs a --rate"),
+        (["--speed", "-1", "--count", "9"], "--speed must be above 0"),
+        (["--cpi-variation", "-1"], "cpi_variation must be >= 0"),
+        (["--revenue-lag", "-2"], "revenue_lag_windows must be a whole number"),
+        (["--incident", "meteor@1m+1m"], "unknown incident kind"),
+    ],
+)
+def test_simulate_refuses_bad_options_before_connecting(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No broker listens on this port: a refusal that came after connecting would hang
+    # on retries or raise BrokerError instead.
+    broker = f"kafka://127.0.0.1:{free_port()}"
+    assert main(["simulate", "--broker", broker, *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.broker
+def test_produce_with_speed_and_kpi_topic_on_a_broker(
+    broker: EmbeddedBroker, topic_name: str
+) -> None:
+    kpi_topic = f"{topic_name}-kpi"
+    broker.create_topics({topic_name: 2, kpi_topic: 1})
+    sim = JourneySimulator(seed=6, cpi_variation=1.0)
+    sent = asyncio.run(
+        produce(
+            broker.bootstrap,
+            topic_name,
+            rate=400.0,
+            duration=1.5,
+            count=None,
+            simulator=sim,
+            speed=40.0,
+            kpi_topic=kpi_topic,
+        )
+    )
+    finished = time.time()
+    records = asyncio.run(consume_all(broker.bootstrap, topic_name, 2, sent))
+    times = sorted(epoch(orjson.loads(r.value)) for r in records)
+    assert len(times) == sent > 300
+    # Stamps come from the plan, not from when the events happened to leave: 0.1 s of
+    # event time apart at 400/s and x40, however the producer was scheduled.
+    assert times[-1] - times[0] == pytest.approx((sent - 1) * 0.1, abs=0.002)
+    assert finished - 40 * 1.5 - 1 <= times[0] and times[-1] <= finished
+    windows = sorted({int(t // 60) for t in times})
+    samples = asyncio.run(consume_all(broker.bootstrap, kpi_topic, 1, len(windows)))
+    decoded = [decode_kpi_sample(r.value, now=finished) for r in samples]
+    assert [when for _, when, _, _ in decoded] == [k * 60.0 for k in windows]
+    assert {name for name, _, _, _ in decoded} == {KPI_SAMPLE_NAME}
