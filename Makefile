@@ -6,7 +6,7 @@ ARGS ?=
 # apt-get needs root; use sudo when we are not.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench lint typecheck unit integration system-deps clean help
+.PHONY: demo test bench soak lint typecheck unit integration system-deps clean help
 
 help:
 	@echo "make demo   - virtualenv, install, embedded broker + simulator + worker + live CPI table"
@@ -54,3 +54,6 @@ bench: $(VENV)/.test-installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .cpimon-data
+
+soak: $(VENV)/.test-installed
+	$(BIN)/python -m bench.soak $(ARGS)

@@ -41,6 +41,7 @@ from pathlib import Path
 import orjson
 
 from agents.demo import EMBEDDED_BROKER_ENV, scrape, stop_process
+from bench import stages
 from bench.common import cpu_seconds, peak_rss_mb
 from models.aggregation import PartitionSeries
 from models.catalog import load_catalog
@@ -224,19 +225,10 @@ def _start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
     if not Path(py_spy).exists():
         raise SystemExit("bench: --profile needs py-spy (pip install py-spy)")
     return subprocess.Popen(
-        [
-            py_spy,
-            "record",
-            "-p",
-            str(pid),
-            "-f",
-            "raw",
-            "-r",
-            "250",
-            "--nonblocking",
-            "-o",
-            str(output),
-        ],
+        # --gil: only samples of the thread holding the GIL, i.e. Python work, not the
+        # threads waiting for it (or for the kernel) after a send or a cross-thread wake-up.
+        [py_spy, "record", "-p", str(pid), "-f", "raw", "-r", "250", "--gil", "--nonblocking"]
+        + ["-o", str(output)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -281,11 +273,11 @@ def bytes_per_series(series: int = 2000) -> dict[str, float]:
 
 
 def print_table(results: dict[str, list[Result]], series_bytes: dict[str, float]) -> None:
-    runs = len(results["raw"])
+    rounds = len(results["raw"])
     print(
         f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, broker: embedded Tansu (memory); "
-        f"medians of {runs} interleaved run{'s' if runs > 1 else ''}"
+        f"medians of {rounds} interleaved run{'s' if rounds > 1 else ''}"
     )
     rates = {path: statistics.median(r.rate for r in runs) for path, runs in results.items()}
     stock = rates.get("stock")
@@ -301,8 +293,9 @@ def print_table(results: dict[str, list[Result]], series_bytes: dict[str, float]
         rss = f"{statistics.median(rss_values):.0f} MB" if rss_values else "-"
         versus_stock = f"{rate / stock:.1f}" if stock else "-"
         each = ", ".join(f"{r.rate:,.0f}" for r in runs)
+        events = statistics.median(r.events for r in runs)
         print(
-            f"{PATHS[path]:38} {runs[0].events:>8,} {rate:>9,.0f} {1e6 / rate:>8.1f} {cpu:>9} "
+            f"{PATHS[path]:38} {events:>8,.0f} {rate:>9,.0f} {1e6 / rate:>8.1f} {cpu:>9} "
             f"{rate / rates['raw']:>6.2f} {versus_stock:>7} {rss:>8}   {each}"
         )
     kinds = ", ".join(f"{kind} {size:,.0f}" for kind, size in sorted(series_bytes.items()))
@@ -348,6 +341,13 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     print_table(results, bytes_per_series())
+    stage_micros = stages.measure(events=20_000, batch=2_500, repeat=5)
+    per_event = stage_micros.pop("observations/event")
+    print(
+        "in memory, CPU µs per event (least of 5; "
+        f"{per_event:.2f} observations/event): "
+        + ", ".join(f"{stage} {micros:.2f}" for stage, micros in stage_micros.items())
+    )
     return 0
 
 

@@ -37,7 +37,7 @@ Schema (``catalog.example.yaml`` is the commented reference)::
     kpis: [...]      # same fields minus journey_step; `source: topic` reads the KPI topic
     metrics: [...]   # same fields minus journey_step, never a target
     links:           # optional; omitted = every CPI x every KPI
-      - {cpi: checkout_success_rate, kpi: revenue, max_lag: 5, history: 30, min_windows: 10}
+      - {cpi: checkout_success_rate, kpi: revenue, max_lag: 5, history: 30, min_windows: 90}
     settings: {}     # optional single values, passed through untouched
 
 Measures: ``{rate: PATH, equals: V}``, ``{mean: PATH}``, ``{sum: PATH}``,
@@ -62,6 +62,8 @@ import yaml
 from models.errors import CatalogError, CpimonError
 from models.spec import (
     DETECTOR_DEFAULTS,
+    LINK_MAX_WINDOWS_PER_HISTORY,
+    LINK_MIN_WINDOWS_PER_HISTORY,
     RESERVED_LABELS,
     Alerting,
     Bound,
@@ -131,8 +133,9 @@ _WHOLE = {
     "segment_cap": (1, "distinct values tracked per segment label"),
     "cap": (1, "distinct values tracked for this label"),
     "max_lag": (0, "windows the KPI may trail the CPI"),
-    "history": (3, "windows kept to correlate"),
-    "min_windows": (1, "windows needed before correlating"),
+    # LinkTracker needs 4 pairs for a confidence interval: with fewer nothing could confirm.
+    "history": (4, "windows kept to correlate"),
+    "min_windows": (1, "windows in a row with a significant lag that confirm a link"),
     "min_events": (1, "events a window needs before it is judged"),
     # The EW variance of a single window is 0: the band needs two windows at least.
     "warmup_windows": (2, "windows learned before the baseline band is trusted"),
@@ -200,8 +203,9 @@ _SAY = {
     "end_missing": "{key} is required: the name of a {role}",
     "end_kind": "'{value}' is a {kind}, not a {role}; links go from a CPI (cpi:) to a KPI (kpi:)",
     "end_unknown": "no {role} is named '{value}'; {hint}",
-    "min_windows": "min_windows ({value}) cannot exceed history ({hint}); lower it or raise "
-    "history",
+    "min_windows": "min_windows ({value}) is more than {most} x history ({limit} windows): the "
+    "link could only be confirmed after {value} windows in a row; lower it (the default is "
+    "{default} x history) or raise history",
     "linked_twice": "{value} is linked twice; remove one",
     "whole": "{key} must be a whole number >= {low} ({kind}), got {value!r}",
     "detector": "detector must be adwin (the default), page_hinkley, or none (baseline band "
@@ -872,12 +876,19 @@ class _Reader:
 
     def read_link(self, entry: Mapping[Any, Any], keys: Keys) -> Link:
         history = self.whole(entry, "history", keys, _DEFAULT_LINK.history_windows)
-        # A short history lowers the default min_windows instead of contradicting it.
-        min_default = min(_DEFAULT_LINK.min_windows, history)
-        min_windows = self.whole(entry, "min_windows", keys, min_default)
+        # Consecutive evaluations share all but one pair, so a chance correlation of two
+        # unrelated series lasts about a history long: the default asks for three of them
+        # in a row (models.correlation.LinkTracker), and follows the history it is given.
+        default = LINK_MIN_WINDOWS_PER_HISTORY * history
+        min_windows = self.whole(entry, "min_windows", keys, default)
+        # Ten histories (300 one-minute windows, 5 hours, at history 30) delay every true
+        # confirmation by hours: asking for more is more likely a slip than a choice.
+        limit = LINK_MAX_WINDOWS_PER_HISTORY * history
         # An invalid history was already reported; comparing with its fallback would mislead.
-        if min_windows > history and entry.get("history", history) == history:
-            self.say((*keys, "min_windows"), "min_windows", value=min_windows, hint=history)
+        if min_windows > limit and entry.get("history", history) == history:
+            most, least = LINK_MAX_WINDOWS_PER_HISTORY, LINK_MIN_WINDOWS_PER_HISTORY
+            fields = {"value": min_windows, "most": most, "limit": limit, "default": least}
+            self.say((*keys, "min_windows"), "min_windows", **fields)
         max_lag = self.whole(entry, "max_lag", keys, _DEFAULT_LINK.max_lag_windows)
         return Link(str(entry.get("cpi")), str(entry.get("kpi")), max_lag, history, min_windows)
 

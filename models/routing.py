@@ -313,7 +313,7 @@ class _PlanWriter:
 
     def add(self, route: Route, filters: tuple[tuple[str, Scalar], ...]) -> None:
         """The block of one route: filters, value, key, output (as :meth:`Route.observe`)."""
-        lines = [f"# {route.indicator.name}"]
+        lines = [f"# route {route.indicator.name!r}"]
         indent = ""
         if filters:
             differs = [

@@ -168,15 +168,26 @@ class Indicator:
         return "page" if self.target is not None else "ticket"
 
 
+#: A link's default ``min_windows``, in multiples of its ``history_windows`` (see Link).
+LINK_MIN_WINDOWS_PER_HISTORY = 3
+#: The largest ``min_windows`` a catalog may set, in multiples of ``history_windows``.
+LINK_MAX_WINDOWS_PER_HISTORY = 10
+
+
 @dataclass(frozen=True, slots=True)
 class Link:
-    """A CPI→KPI pair whose correlation is tracked across lags."""
+    """A CPI→KPI pair whose correlation is tracked across lags.
+
+    ``min_windows`` defaults to three times ``history_windows``: a chance correlation
+    between unrelated series lasts about as long as the history that holds it, so
+    asking for less confirms them often (see :class:`models.correlation.LinkTracker`).
+    """
 
     cpi: str
     kpi: str
     max_lag_windows: int = 5
     history_windows: int = 30
-    min_windows: int = 10
+    min_windows: int = LINK_MIN_WINDOWS_PER_HISTORY * 30
 
 
 @dataclass(frozen=True, slots=True)

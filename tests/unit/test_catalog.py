@@ -145,7 +145,8 @@ def test_example_links_every_cpi_to_every_kpi(example: Any) -> None:
     assert len(example.links) == 7 * 3
     pairs = {(link.cpi, link.kpi) for link in example.links}
     assert pairs == {(c.name, k.name) for c in example.cpis for k in example.kpis}
-    assert example.links[0] == Link("checkout_success_rate", "revenue", 5, 30, 10)
+    assert example.links[0] == Link("checkout_success_rate", "revenue", 5, 30, 90)
+    assert example.links[0] == Link("checkout_success_rate", "revenue")
 
 
 # --- loading and YAML -------------------------------------------------------------------
@@ -479,12 +480,21 @@ def link(**fields: Any) -> dict[str, Any]:
 
 
 def test_explicit_links() -> None:
-    doc = document(links=[link(max_lag=0, history=3, min_windows=3)])
-    assert parse(doc).links == (Link("checkout_success_rate", "revenue", 0, 3, 3),)
+    doc = document(links=[link(max_lag=0, history=4, min_windows=3)])
+    assert parse(doc).links == (Link("checkout_success_rate", "revenue", 0, 4, 3),)
 
 
-def test_short_history_lowers_default_min_windows() -> None:
-    assert parse(document(links=[link(history=4)])).links[0].min_windows == 4
+def test_default_min_windows_is_three_histories() -> None:
+    # Chance correlations last about a history: the default follows the history given.
+    assert parse(document(links=[link()])).links[0].min_windows == 90
+    assert parse(document(links=[link(history=4)])).links[0].min_windows == 12
+    assert parse(document(links=[link(history=20)])).links[0].min_windows == 60
+
+
+@pytest.mark.parametrize("min_windows", [1, 20, 21, 200])
+def test_min_windows_may_exceed_history_up_to_ten_histories(min_windows: int) -> None:
+    doc = document(links=[link(history=20, min_windows=min_windows)])
+    assert parse(doc).links[0].min_windows == min_windows
 
 
 def test_empty_links_means_no_links() -> None:
@@ -498,9 +508,10 @@ def test_empty_links_means_no_links() -> None:
         (link(cpi="revenue"), ".cpi", "'revenue' is a KPI, not a CPI"),
         (link(kpi=None), ".kpi", "kpi is required"),
         (link(max_lag=-1), ".max_lag", "whole number >= 0"),
-        (link(history=2), ".history", "whole number >= 3"),
+        (link(history=3), ".history", "whole number >= 4"),
         (link(min_windows=0), ".min_windows", "whole number >= 1"),
-        (link(history=5, min_windows=6), ".min_windows", "cannot exceed history (5)"),
+        (link(history=5, min_windows=51), ".min_windows", "more than 10 x history (50 windows)"),
+        (link(min_windows=301), ".min_windows", "the default is 3 x history"),
         (link(lag=1), ".lag", "did you mean 'max_lag'?"),
     ],
 )
