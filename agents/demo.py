@@ -1,8 +1,32 @@
-"""``cpimon demo``: broker, simulator and worker as child processes, and a live CPI table.
+"""``cpimon demo``: broker, simulator and worker as child processes, and live tables.
 
 The worker and the simulator are the same commands an operator runs
 (``cpimon worker``, ``cpimon simulate``), started as child processes and
-stopped by PID; the table reads the worker's ``/metrics`` like Prometheus does.
+stopped by PID; the tables read the worker's ``/metrics`` like Prometheus does.
+
+Event time runs :data:`SPEED` times faster than the wall clock (``cpimon simulate
+--speed``), so that one-minute windows close every 3 seconds and baselines, drops and
+CPI→KPI links appear within minutes instead of hours.  The simulator's dependence model
+is on (``--cpi-variation``): payment success and on-time delivery drift from window to
+window, revenue follows payment success 3 windows later and NPS follows on-time
+delivery 2 windows later, so the links table has true links to find among the others.
+
+How the stamps stay acceptable: a simulator faster than the clock needs to know how
+long it runs, and starts that many sped-up seconds in the past, ``(SPEED - 1) x`` its
+duration, so that event time reaches now at its last event and no event is ever stamped
+ahead of the worker's clock (it would be dead-lettered as ``future_timestamp``).  The
+simulator runs for the demo's ``--duration``, or :data:`HORIZON` seconds without one
+(event time then starts 19 days back; after a day the simulator stops and the tables
+keep the last values).
+
+Incidents: ``cpimon simulate --incident`` times are event time, counted from the
+simulator's first event.  The demo's ``--incident`` times are the demo's own wall-clock
+time instead (counted from when the simulator starts, a second or two before the
+tables), and are multiplied by :data:`SPEED` on the way: ``payment-outage@1m+2m``
+starts a minute into the demo and lasts two minutes, i.e. 40 one-minute windows of event
+time.  Start incidents after the first minute: the drop detector learns its baseline
+from the first 20 windows (``warmup_windows``), which take a minute at this speed, and
+an incident it has not learned a normal for cannot be a drop.
 """
 
 from __future__ import annotations
@@ -20,7 +44,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
@@ -29,6 +53,7 @@ from models.errors import CpimonError
 from models.spec import Catalog, Target
 from streams.broker import EmbeddedBroker
 from streams.settings import Settings
+from streams.simulator import parse_incident
 
 #: Settings that make Faust fast and correct on the embedded Tansu broker (see README).
 EMBEDDED_BROKER_ENV = {
@@ -37,6 +62,13 @@ EMBEDDED_BROKER_ENV = {
     "CPIMON_PRODUCER_MAX_BATCH_SIZE": "1",
     "CPIMON_AUTO_OFFSET_RESET": "earliest",
 }
+
+#: Event time runs this many times faster than the wall clock: a 1-minute window every 3 s.
+SPEED = 20.0
+#: How far the simulator's CPIs drift from window to window, in logit units (strong).
+CPI_VARIATION = 1.5
+#: Seconds the simulator runs when the demo has no ``--duration`` (see the module docstring).
+HORIZON = 86_400.0
 
 Sample = tuple[str, dict[str, str], float]
 
@@ -78,11 +110,37 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> Non
         process.wait(5)
 
 
-_SERIES_SUFFIXES = ("value", "live_value", "events_total")
+def simulated_incidents(incidents: list[str], speed: float = SPEED) -> list[str]:
+    """``cpimon simulate`` arguments for the demo's ``--incident`` texts, in event time.
+
+    The demo's times are wall-clock seconds; the simulator's are event time, which runs
+    ``speed`` times faster.
+
+    >>> simulated_incidents(["payment-outage@1m+2m"], speed=20)
+    ['--incident', 'payment-outage@1200s+2400s']
+    """
+    arguments = []
+    for text in incidents:
+        try:
+            incident = parse_incident(text)
+        except ValueError as error:
+            raise CpimonError(str(error)) from None
+        start, duration = incident.start * speed, incident.duration * speed
+        arguments += ["--incident", f"{incident.kind}@{start:g}s+{duration:g}s"]
+    return arguments
+
+
+_SERIES_SUFFIXES = ("value", "live_value", "events_total", "drop_active", "baseline", "deviation")
 
 
 def render_table(catalog: Catalog, samples: list[Sample], elapsed: float) -> Table:
-    """The live CPI/KPI table: one row per indicator and segment."""
+    """The live CPI/KPI table: one row per indicator and segment.
+
+    ``state`` says DROP while the drop detector holds one (the indicator left its own
+    normal, the ``baseline``, in its bad direction; ``deviation`` is how far the last
+    judged window was from it, in standard deviations), else whether the last window
+    met the target.
+    """
     values: dict[tuple[str, str], dict[str, float]] = {}
     consumed = rejected = 0.0
     for name, labels, value in samples:
@@ -106,13 +164,15 @@ def render_table(catalog: Catalog, samples: list[Sample], elapsed: float) -> Tab
     )
     for column in ("indicator", "segment", "owner"):
         table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=28)
-    for column in ("last window", "open window", "target", "events", "state"):
+    columns = ("last window", "open window", "target", "events", "baseline", "deviation", "state")
+    for column in columns:
         table.add_column(column, justify="right", no_wrap=True)
     for indicator in catalog.cpis + catalog.kpis:
         for _name, segment in sorted(k for k in values if k[0] == indicator.name):
             row = values[(indicator.name, segment)]
             closed, live = row.get("value"), row.get("live_value")
             target = indicator.target
+            deviation = row.get("deviation")
             table.add_row(
                 indicator.name,
                 segment or "(all)",
@@ -121,12 +181,84 @@ def render_table(catalog: Catalog, samples: list[Sample], elapsed: float) -> Tab
                 _fmt(live),
                 f"{target.bound} {target.value:g}" if target else "-",
                 f"{row.get('events_total', 0):,.0f}",
-                _state(indicator.target, closed),
+                _fmt(row.get("baseline")),
+                "…" if deviation is None else f"{deviation:+.1f} sd",
+                _state(indicator.target, closed, row.get("drop_active") == 1.0),
             )
     return table
 
 
-def _state(target: Target | None, value: float | None) -> str:
+_LINK_SUFFIXES = ("correlation", "correlation_lower", "correlation_upper", "samples")
+_PAIR_SUFFIXES = ("best_lag_seconds", "impact", "confirmed")
+
+
+def render_links(catalog: Catalog, samples: list[Sample]) -> Table:
+    """The live links table: one row per catalog link, in catalog order.
+
+    ``best lag`` is the lag whose correlation is significant (its 95 % interval
+    excludes 0) and strongest; without one, ``r`` shows the strongest lag dimmed and
+    the link cannot count towards confirmation.  ``confirmed`` turns yes after the
+    link's ``min_windows`` windows in a row with a best lag.  ``impact`` is KPI units
+    per CPI unit at the best lag.
+    """
+    by_lag: dict[tuple[str, str], dict[float, dict[str, float]]] = {}
+    by_pair: dict[tuple[str, str], dict[str, float]] = {}
+    for name, labels, value in samples:
+        suffix = name.removeprefix("cpimon_link_")
+        if suffix == name or "cpi" not in labels or "kpi" not in labels:
+            continue
+        key = (labels["cpi"], labels["kpi"])
+        if suffix in _LINK_SUFFIXES and "lag_seconds" in labels:
+            lag = float(labels["lag_seconds"])
+            by_lag.setdefault(key, {}).setdefault(lag, {})[suffix] = value
+        elif suffix in _PAIR_SUFFIXES:
+            by_pair.setdefault(key, {})[suffix] = value
+    table = Table(
+        title="CPI → KPI links: does the KPI follow the CPI, and how many windows later?",
+        title_justify="left",
+    )
+    table.add_column("cpi → kpi", no_wrap=True, overflow="ellipsis", max_width=60)
+    for column in ("best lag", "r [95 % interval]", "samples", "confirmed", "impact"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for link in catalog.links:
+        key = (link.cpi, link.kpi)
+        lags, pair = by_lag.get(key, {}), by_pair.get(key, {})
+        best = pair.get("best_lag_seconds")
+        shown = best if best is not None else _strongest(lags)
+        stats = lags.get(shown, {}) if shown is not None else {}
+        correlation = _fmt_r(stats)
+        table.add_row(
+            f"{link.cpi} → {link.kpi}",
+            "-" if best is None else f"{best:g}s",
+            correlation if best is not None or correlation == "…" else f"[dim]{correlation}[/]",
+            "…" if "samples" not in stats else f"{stats['samples']:.0f}/{link.history_windows}",
+            "[bold green]yes[/]" if pair.get("confirmed") == 1.0 else "no",
+            "-" if pair.get("impact") is None else f"{pair['impact']:,.4g}",
+        )
+    return table
+
+
+def _strongest(lags: dict[float, dict[str, float]]) -> float | None:
+    # The lag with the largest |r|, for a link without a significant one.
+    defined = [
+        (abs(stats["correlation"]), lag) for lag, stats in lags.items() if "correlation" in stats
+    ]
+    return max(defined)[1] if defined else None
+
+
+def _fmt_r(stats: dict[str, float]) -> str:
+    r = stats.get("correlation")
+    if r is None:
+        return "…"
+    low, high = stats.get("correlation_lower"), stats.get("correlation_upper")
+    if low is None or high is None:
+        return f"{r:+.2f}"
+    return f"{r:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def _state(target: Target | None, value: float | None, drop: bool = False) -> str:
+    if drop:
+        return "[bold red]DROP[/]"
     if target is None or value is None:
         return "-"
     if target.bound == "min":
@@ -140,6 +272,11 @@ def _fmt(value: float | None) -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     catalog = load_catalog(args.catalog)
+    # Checked before anything starts: a bad incident would only end the simulator.
+    incidents = simulated_incidents(args.incident)
+    # The dependence model's lags are in its windows: the catalog's make them whole lags.
+    driver = catalog.links[0].cpi if catalog.links else catalog.cpis[0].name
+    window_seconds = catalog.indicator(driver).window
     # Wide enough for the table even when stdout is not a terminal (logs, CI).
     console = Console(width=None if sys.stdout.isatty() else 160)
     workdir = Path(tempfile.mkdtemp(prefix="cpimon-demo-"))
@@ -165,13 +302,14 @@ def run_demo(args: argparse.Namespace) -> int:
             CPIMON_DATA_DIR=str(workdir / "data"),
             CPIMON_IDLE_TIMEOUT=env.get("CPIMON_IDLE_TIMEOUT", "10"),
         )
-        incidents = [arg for text in args.incident for arg in ("--incident", text)]
-        stack.enter_context(
-            child_process(
-                [*cli, "simulate", "--rate", str(args.rate), *incidents],
-                env,
-                workdir / "simulate.log",
-            )
+        simulate = [*cli, "simulate", "--rate", f"{args.rate:g}", "--speed", f"{SPEED:g}"]
+        simulate += ["--duration", f"{HORIZON if args.duration is None else args.duration:g}"]
+        simulate += ["--cpi-variation", f"{CPI_VARIATION:g}", "--window", f"{window_seconds:g}"]
+        simulate += incidents
+        stack.enter_context(child_process(simulate, env, workdir / "simulate.log"))
+        console.print(
+            f"simulator: {args.rate:g} events/s, event time x{SPEED:g} (a {window_seconds:g}s "
+            f"window every {window_seconds / SPEED:g}s of wall time), CPIs drifting"
         )
         worker = stack.enter_context(child_process([*cli, "worker"], env, workdir / "worker.log"))
         url = f"http://127.0.0.1:{args.metrics_port}/metrics"
@@ -211,6 +349,8 @@ def _show(
                 table = render_table(catalog, samples, time.monotonic() - started)
                 if args.no_table:
                     console.print(table.title)
+                elif catalog.links:
+                    live.update(Group(table, render_links(catalog, samples)))
                 else:
                     live.update(table)
                 time.sleep(1.0)

@@ -227,8 +227,20 @@ def _start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         # --gil: only samples of the thread holding the GIL, i.e. Python work, not the
         # threads waiting for it (or for the kernel) after a send or a cross-thread wake-up.
-        [py_spy, "record", "-p", str(pid), "-f", "raw", "-r", "250", "--gil", "--nonblocking"]
-        + ["-o", str(output)],
+        [
+            py_spy,
+            "record",
+            "-p",
+            str(pid),
+            "-f",
+            "raw",
+            "-r",
+            "250",
+            "--gil",
+            "--nonblocking",
+            "-o",
+            str(output),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

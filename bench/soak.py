@@ -57,17 +57,30 @@ def main(argv: list[str] | None = None) -> int:
         }
         cli = [sys.executable, "-m", "agents.cli"]
         with open(workdir / "worker.log", "wb") as wlog, open(workdir / "sim.log", "wb") as slog:
-            worker = subprocess.Popen([*cli, "worker"], env=env, stdout=wlog,
-                                      stderr=subprocess.STDOUT, cwd=ROOT)
+            worker = subprocess.Popen(
+                [*cli, "worker"], env=env, stdout=wlog, stderr=subprocess.STDOUT, cwd=ROOT
+            )
             simulator = subprocess.Popen(
-                [*cli, "simulate", "--topic", topic, "--rate", str(args.rate),
-                 "--duration", str(args.minutes * 60)],
-                env=env, stdout=slog, stderr=subprocess.STDOUT, cwd=ROOT,
+                [
+                    *cli,
+                    "simulate",
+                    "--topic",
+                    topic,
+                    "--rate",
+                    str(args.rate),
+                    "--duration",
+                    str(args.minutes * 60),
+                ],
+                env=env,
+                stdout=slog,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
             )
         samples: list[tuple[float, float, float, float]] = []
         started = time.monotonic()
-        print(f"soak: {args.minutes:g} min at {args.rate:g} events/s; logs in {workdir}",
-              flush=True)
+        print(
+            f"soak: {args.minutes:g} min at {args.rate:g} events/s; logs in {workdir}", flush=True
+        )
         try:
             while time.monotonic() - started < args.minutes * 60:
                 time.sleep(args.interval)
@@ -81,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
                 consumed = sum(v for n, _, v in metrics if n == "cpimon_events_consumed_total")
                 elapsed = time.monotonic() - started
                 samples.append((elapsed, rss_mb(worker.pid), windows, consumed))
-                print(f"{elapsed:7.0f}s  rss {samples[-1][1]:7.1f} MB  open windows "
-                      f"{windows:5.0f}  consumed {consumed:12,.0f}", flush=True)
+                print(
+                    f"{elapsed:7.0f}s  rss {samples[-1][1]:7.1f} MB  open windows "
+                    f"{windows:5.0f}  consumed {consumed:12,.0f}",
+                    flush=True,
+                )
         finally:
             stop_process(simulator)
             stop_process(worker)
@@ -93,10 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     t = np.array([s[0] for s in after]) / 3600
     rss = np.array([s[1] for s in after])
     slope = float(np.polyfit(t, rss, 1)[0])
-    windows = [s[2] for s in after]
-    print(f"\nsoak: {len(samples)} samples; after {args.warmup_minutes:g} min warm-up: RSS "
-          f"{rss.min():.1f}–{rss.max():.1f} MB, slope {slope:+.2f} MB/hour; open windows "
-          f"{min(windows):.0f}–{max(windows):.0f}; consumed {samples[-1][3]:,.0f} events")
+    open_counts = [s[2] for s in after]
+    print(
+        f"\nsoak: {len(samples)} samples; after {args.warmup_minutes:g} min warm-up: RSS "
+        f"{rss.min():.1f}-{rss.max():.1f} MB, slope {slope:+.2f} MB/hour; open windows "
+        f"{min(open_counts):.0f}-{max(open_counts):.0f}; consumed {samples[-1][3]:,.0f} events"
+    )
     return 0
 
 

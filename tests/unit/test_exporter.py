@@ -57,6 +57,8 @@ class Worker:
     checkpointer: Any = field(
         default_factory=lambda: SimpleNamespace(store=SimpleNamespace(saved=0), restored=0)
     )
+    #: No links partition owned: the collector exposes no link metrics.
+    links: Any = field(default_factory=lambda: SimpleNamespace(current=lambda: None))
     #: Every accepted event and the processing time it was ingested at.
     accepted: list[tuple[dict[str, Any], float]] = field(default_factory=list)
     records: int = 0
