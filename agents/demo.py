@@ -137,9 +137,9 @@ def render_table(catalog: Catalog, samples: list[Sample], elapsed: float) -> Tab
     """The live CPI/KPI table: one row per indicator and segment.
 
     ``state`` says DROP while the drop detector holds one (the indicator left its own
-    normal, the ``baseline``, in its bad direction; ``deviation`` is how far the last
-    judged window was from it, in standard deviations), else whether the last window
-    met the target.
+    normal, the ``baseline``, in its bad direction; ``dev`` is how far the last judged
+    window was from it, in standard deviations), else whether the last window met the
+    target.  Series with too few events a window to be judged have no baseline.
     """
     values: dict[tuple[str, str], dict[str, float]] = {}
     consumed = rejected = 0.0
@@ -164,15 +164,13 @@ def render_table(catalog: Catalog, samples: list[Sample], elapsed: float) -> Tab
     )
     for column in ("indicator", "segment", "owner"):
         table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=28)
-    columns = ("last window", "open window", "target", "events", "baseline", "deviation", "state")
-    for column in columns:
+    for column in ("last window", "open window", "target", "events", "baseline (dev)", "state"):
         table.add_column(column, justify="right", no_wrap=True)
     for indicator in catalog.cpis + catalog.kpis:
         for _name, segment in sorted(k for k in values if k[0] == indicator.name):
             row = values[(indicator.name, segment)]
             closed, live = row.get("value"), row.get("live_value")
             target = indicator.target
-            deviation = row.get("deviation")
             table.add_row(
                 indicator.name,
                 segment or "(all)",
@@ -181,8 +179,7 @@ def render_table(catalog: Catalog, samples: list[Sample], elapsed: float) -> Tab
                 _fmt(live),
                 f"{target.bound} {target.value:g}" if target else "-",
                 f"{row.get('events_total', 0):,.0f}",
-                _fmt(row.get("baseline")),
-                "…" if deviation is None else f"{deviation:+.1f} sd",
+                _baseline(row.get("baseline"), row.get("deviation")),
                 _state(indicator.target, closed, row.get("drop_active") == 1.0),
             )
     return table
@@ -192,14 +189,15 @@ _LINK_SUFFIXES = ("correlation", "correlation_lower", "correlation_upper", "samp
 _PAIR_SUFFIXES = ("best_lag_seconds", "impact", "confirmed")
 
 
-def render_links(catalog: Catalog, samples: list[Sample]) -> Table:
+def render_links(catalog: Catalog, samples: list[Sample], speed: float = SPEED) -> Table:
     """The live links table: one row per catalog link, in catalog order.
 
     ``best lag`` is the lag whose correlation is significant (its 95 % interval
     excludes 0) and strongest; without one, ``r`` shows the strongest lag dimmed and
     the link cannot count towards confirmation.  ``confirmed`` turns yes after the
-    link's ``min_windows`` windows in a row with a best lag.  ``impact`` is KPI units
-    per CPI unit at the best lag.
+    link's ``min_windows`` windows in a row with a best lag (the title says how long
+    that takes with event time ``speed`` times faster than the clock).  ``impact`` is
+    KPI units per CPI unit at the best lag.
     """
     by_lag: dict[tuple[str, str], dict[float, dict[str, float]]] = {}
     by_pair: dict[tuple[str, str], dict[str, float]] = {}
@@ -213,8 +211,17 @@ def render_links(catalog: Catalog, samples: list[Sample]) -> Table:
             by_lag.setdefault(key, {}).setdefault(lag, {})[suffix] = value
         elif suffix in _PAIR_SUFFIXES:
             by_pair.setdefault(key, {})[suffix] = value
+    # Wall-clock time to confirm a link that holds from the start, e.g. 90 windows of 60 s
+    # at speed 20: 4.5 min (links first need a few pairs before any lag is significant).
+    waits = sorted(
+        {link.min_windows * catalog.indicator(link.cpi).window / speed for link in catalog.links}
+    )
+    wait = "" if not waits else _minutes(waits[0])
+    if len(waits) > 1:
+        wait += f" to {_minutes(waits[-1])}"
     table = Table(
-        title="CPI → KPI links: does the KPI follow the CPI, and how many windows later?",
+        title="CPI → KPI links: does the KPI follow the CPI, and how late?"
+        + (f" Confirmed after {wait} of significant lags in a row" if wait else ""),
         title_justify="left",
     )
     table.add_column("cpi → kpi", no_wrap=True, overflow="ellipsis", max_width=60)
@@ -238,12 +245,22 @@ def render_links(catalog: Catalog, samples: list[Sample]) -> Table:
     return table
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def _strongest(lags: dict[float, dict[str, float]]) -> float | None:
     # The lag with the largest |r|, for a link without a significant one.
     defined = [
         (abs(stats["correlation"]), lag) for lag, stats in lags.items() if "correlation" in stats
     ]
     return max(defined)[1] if defined else None
+
+
+def _baseline(baseline: float | None, deviation: float | None) -> str:
+    if baseline is None:
+        return "…"
+    return f"{baseline:,.3f}" if deviation is None else f"{baseline:,.3f} ({deviation:+.1f} sd)"
 
 
 def _fmt_r(stats: dict[str, float]) -> str:
@@ -356,3 +373,6 @@ def _show(
                 time.sleep(1.0)
         except KeyboardInterrupt:
             console.print("stopping…")
+    if not console.is_terminal:
+        # Live ends its last frame with a new line only on a terminal.
+        console.line()

@@ -115,5 +115,11 @@ def test_demo_runs_for_its_duration_serves_metrics_and_cleans_up() -> None:
     assert demo.returncode == 0, output
     assert "memory storage" in output
     assert "demo stopped" in output
+    # The last frame of the live view: the links table follows the indicators, with a row
+    # per link of the example (every CPI with every KPI).
+    assert "CPI → KPI links" in output
+    assert re.search(r"cpi → kpi\s*┃\s*best lag\s*┃\s*r \[95 % interval\]", output), output
+    assert "checkout_success_rate → revenue" in output
+    assert "baseline (dev)" in output
     pid = int(re.search(r"pid (\d+)\), memory storage", output).group(1))  # type: ignore[union-attr]
     assert not Path(f"/proc/{pid}").exists(), "the embedded broker outlived the demo"
