@@ -13,6 +13,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from models.errors import BrokerError
 from streams.broker import EmbeddedBroker, free_port, tansu_binary
+from tests.s3 import s3_broker
 
 pytestmark = pytest.mark.broker
 
@@ -76,6 +77,96 @@ def test_produce_and_consume_then_stop(tmp_path: Path, topic_name: str) -> None:
     assert broker.pid is None
     assert not pid_exists(pid)
     broker.stop()  # idempotent
+
+
+def _group_consumer(broker: EmbeddedBroker, topic: str, group: str) -> KafkaConsumer:
+    return KafkaConsumer(
+        topic,
+        bootstrap_servers=broker.bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=2000,  # Tansu holds JoinGroup for half of it (BROKER.md)
+        heartbeat_interval_ms=500,
+    )
+
+
+def _poll(consumer: KafkaConsumer, count: int, timeout: float = 60) -> list[tuple[int, int, bytes]]:
+    """(partition, offset, value) of the next ``count`` records, fewer only at the deadline."""
+    received: list[tuple[int, int, bytes]] = []
+    deadline = time.monotonic() + timeout
+    while len(received) < count and time.monotonic() < deadline:
+        batches = consumer.poll(timeout_ms=500, max_records=count - len(received))
+        for tp, records in batches.items():
+            received.extend((tp.partition, r.offset, r.value) for r in records)
+    return received
+
+
+def test_s3_storage_keeps_records_and_committed_offsets_across_a_restart(
+    tmp_path: Path, topic_name: str
+) -> None:
+    with s3_broker(tmp_path) as (broker, s3):
+        broker.create_topics({topic_name: 3})
+        sent = [f"record-{i:04d}".encode() for i in range(MESSAGES)]
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
+        for i, value in enumerate(sent):
+            producer.send(topic_name, key=f"k{i % 29}".encode(), value=value)
+        producer.flush(timeout=30)
+        producer.close(timeout=10)
+        group = f"{topic_name}-group"
+        consumer = _group_consumer(broker, topic_name, group)
+        first = _poll(consumer, 400)
+        consumer.commit()
+        consumer.close()
+        assert len(first) == 400
+        assert s3.object_count() > 0  # the data is in the bucket, not in the broker's memory
+
+        old_pid, port = broker.pid, broker.port
+        broker.halt()
+        assert old_pid is not None and not pid_exists(old_pid)
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass  # nothing listens while it is halted
+        broker.restart()
+        assert broker.port == port and broker.pid not in (None, old_pid)
+
+        # Every record produced before the restart is there, at its offset.
+        reader = KafkaConsumer(
+            topic_name,
+            bootstrap_servers=broker.bootstrap,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=5_000,
+        )
+        everything = sorted((r.partition, r.offset, r.value) for r in reader)
+        reader.close()
+        assert sorted(value for _, _, value in everything) == sorted(sent)
+        assert set(first) <= set(everything)
+
+        # The group resumes where it committed: the rest, nothing twice.
+        consumer = _group_consumer(broker, topic_name, group)
+        rest = _poll(consumer, MESSAGES - 400)
+        extra = _poll(consumer, 1, timeout=3)
+        consumer.close()
+        assert sorted(first + rest) == everything
+        assert extra == []
+
+
+def test_restart_of_memory_storage_comes_back_empty(tmp_path: Path, topic_name: str) -> None:
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:
+        broker.create_topics({topic_name: 1})
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+        producer.send(topic_name, b"gone after the restart").get(timeout=30)
+        producer.close(timeout=10)
+        broker.restart()
+        reader = KafkaConsumer(bootstrap_servers=broker.bootstrap, consumer_timeout_ms=3_000)
+        topics = reader.topics()
+        reader.close()
+    assert topic_name not in topics
+    assert (tmp_path / "tansu.log").read_text().count("ready in") == 2  # both runs logged
+
+
+def test_unsupported_storage_is_a_clear_error() -> None:
+    with pytest.raises(BrokerError, match="memory://tansu/ or s3://BUCKET/"):
+        EmbeddedBroker(storage="postgres://localhost/tansu")
 
 
 def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
