@@ -222,6 +222,13 @@ class Aggregator:
                 closed[number] = windows
         return closed
 
+    def exclude_outage(self, start: float, end: float) -> list[int]:
+        """Take a broker outage out of every owned partition's idle clocks; return the
+        partitions changed (their checkpoints must carry it to a next owner)."""
+        for owned in self.partitions.values():
+            owned.exclude_outage(start, end)
+        return list(self.partitions)
+
     def release(self, partitions: Iterable[int]) -> None:
         """Forget partitions this worker no longer owns, so it stops exposing their series."""
         for number in partitions:

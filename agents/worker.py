@@ -167,6 +167,11 @@ def _wire_aggregate(worker: Worker) -> None:
         for value in encode_windows(closed, linked):
             await app.producer.send(settings.windows_topic, None, value, 0, None, None)
 
+    async def probe_and_exclude_outage() -> None:
+        outage = await worker.broker.probe()
+        if outage is not None:
+            checkpointer.touched(aggregator.exclude_outage(outage.start, outage.end))
+
     @app.agent(topics.observations, name="cpimon.aggregate")
     async def aggregate(batches: StreamT[RecordBatch]) -> None:
         # Acks wait for the checkpoint that covers the batch (see agents/checkpointing.py).
@@ -174,6 +179,10 @@ def _wire_aggregate(worker: Worker) -> None:
         checkpointer.ack = manual.ack
         async for event in manual.events():
             batch: RecordBatch = event.value
+            if worker.broker.up is False:
+                # A batch proves the broker is back: take the outage out of the idle
+                # clocks before this batch's sources count the others as silent.
+                await probe_and_exclude_outage()
             if batch.partition not in aggregator.partitions:
                 await checkpointer.restore(batch.partition)
             closed = aggregator.process(batch.partition, batch.records, time.time())
@@ -182,6 +191,10 @@ def _wire_aggregate(worker: Worker) -> None:
 
     @app.timer(interval=1.0)
     async def close_idle_windows() -> None:
+        if worker.broker.up is False:
+            # Nothing can arrive while the broker is away: that is no idleness, and
+            # windows closed now would turn the events that follow the outage late.
+            return
         closed = aggregator.close_idle(time.time(), settings.idle_timeout)
         for windows in closed.values():
             await publish(windows)
@@ -197,7 +210,7 @@ def _wire_aggregate(worker: Worker) -> None:
 
     @app.timer(interval=5.0)
     async def probe_broker() -> None:
-        await worker.broker.probe()
+        await probe_and_exclude_outage()
 
 
 def _wire_links(worker: Worker) -> None:

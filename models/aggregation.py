@@ -31,6 +31,22 @@ class ClosedWindow:
     window: WindowValue
 
 
+def after_outage(stamp: float, start: float, end: float) -> float:
+    """``stamp`` moved later by the part of the time since it that the outage ``start``..``end``
+    covers, so that ``now - stamp`` afterwards counts only time the broker was reachable.
+
+    >>> after_outage(100.0, start=110.0, end=150.0)  # heard before: the whole outage
+    140.0
+    >>> after_outage(120.0, start=110.0, end=150.0)  # heard during it: from its end
+    150.0
+    >>> after_outage(160.0, start=110.0, end=150.0)  # heard after it: unchanged
+    160.0
+    """
+    if stamp >= end:
+        return stamp
+    return stamp + end - max(stamp, start)
+
+
 class SourceClock:
     """Event time of a partition as the minimum progress over its sources.
 
@@ -74,6 +90,14 @@ class SourceClock:
         self._heard[source] = now
         if newest is not None and newest > self._newest.get(source, float("-inf")):
             self._newest[source] = newest
+
+    def exclude_outage(self, start: float, end: float) -> None:
+        """Do not count the broker outage ``start``..``end`` as silence: no source was
+        silent by choice while nothing could be read."""
+        self._heard = {key: after_outage(t, start, end) for key, t in self._heard.items()}
+        self._first_seen = {
+            topic: after_outage(t, start, end) for topic, t in self._first_seen.items()
+        }
 
     def event_time(self, now: float, topic: str | None = None) -> float | None:
         """Event time of one input topic (default: of all), or None while a live
@@ -227,6 +251,16 @@ class PartitionSeries:
             if series.open_windows:
                 closed.extend(self._closed(key, window) for window in series.close_all())
         return closed
+
+    def exclude_outage(self, start: float, end: float) -> None:
+        """Take the broker outage ``start``..``end`` out of the idle clocks.
+
+        A stream is idle when its producers are quiet, not when the broker is away:
+        windows closed for idleness during an outage would make every event that
+        arrives once the broker is back late.
+        """
+        self.last_activity = after_outage(self.last_activity, start, end)
+        self.clock.exclude_outage(start, end)
 
     def _closed(self, key: str, window: WindowValue) -> ClosedWindow:
         history = self.recent.get(key)

@@ -387,6 +387,56 @@ def test_close_if_idle_uses_the_latest_activity() -> None:
     assert (closed.window.value, closed.window.events) == (2.0, 2)
 
 
+# --- broker outages --------------------------------------------------------------------------
+
+
+def test_a_broker_outage_does_not_count_as_idle_time() -> None:
+    part = PartitionSeries(INDICATORS, idle_timeout=IDLE)
+    feed(part, ("events", 0, 1), EPOCH + 5, [[KEYS[0], EPOCH + 5, 100.0, 0]], now=100.0)
+    # The broker went away after its last answer at 110 and answered again at 150: 40 s,
+    # more than the idle timeout, with the window still open.
+    part.exclude_outage(110.0, 150.0)
+    assert part.close_if_idle(now=150.0 + 5.0, idle_timeout=IDLE) == []
+    # Idle time is 10 s before the outage plus the time since it ended.
+    assert part.close_if_idle(now=150.0 + IDLE - 10.0 - 0.1, idle_timeout=IDLE) == []
+    # An event that arrives after the outage still finds its window open.
+    feed(part, ("events", 0, 1), EPOCH + 20, [[KEYS[0], EPOCH + 20, 300.0, 1]], now=160.0)
+    assert part.series[KEYS[0]].late_total == 0
+    assert part.close_if_idle(now=160.0 + IDLE - 0.1, idle_timeout=IDLE) == []
+    [closed] = part.close_if_idle(now=160.0 + IDLE, idle_timeout=IDLE)
+    assert (closed.window.value, closed.window.events) == (200.0, 2)
+
+
+def test_without_the_outage_excluded_the_window_closes_and_the_event_is_late() -> None:
+    # The same story as above, as it went before outages were excluded.
+    part = PartitionSeries(INDICATORS, idle_timeout=IDLE)
+    feed(part, ("events", 0, 1), EPOCH + 5, [[KEYS[0], EPOCH + 5, 100.0, 0]], now=100.0)
+    [closed] = part.close_if_idle(now=150.0 + 5.0, idle_timeout=IDLE)
+    assert closed.window.events == 1
+    feed(part, ("events", 0, 1), EPOCH + 20, [[KEYS[0], EPOCH + 20, 300.0, 1]], now=160.0)
+    assert part.series[KEYS[0]].late_total == 1
+
+
+def test_sources_silent_during_an_outage_still_hold_event_time_back() -> None:
+    clock = SourceClock(idle_timeout=IDLE)
+    clock.observe("events", 0, 2, 50.0, now=100.0)
+    clock.observe("events", 1, 2, 40.0, now=100.0)
+    clock.exclude_outage(105.0, 200.0)
+    # Partition 0 is read first after the outage; partition 1 is not silent, only unread.
+    clock.observe("events", 0, 2, 90.0, now=201.0)
+    assert clock.event_time(now=201.0) == 40.0
+    # Silence after the outage counts: 5 s before it plus 25 s after it.
+    assert clock.event_time(now=200.0 + IDLE - 5.0) == 90.0
+
+
+def test_a_source_first_seen_during_an_outage_is_waited_for_after_it() -> None:
+    clock = SourceClock(idle_timeout=IDLE)
+    clock.observe("events", 0, 2, 50.0, now=100.0)  # partition 1 never heard from
+    clock.exclude_outage(110.0, 300.0)
+    assert clock.event_time(now=300.0 + IDLE - 10.0 - 0.1) is None
+    assert clock.event_time(now=300.0 + IDLE - 10.0) == 50.0
+
+
 def test_unknown_indicators_are_counted_not_created() -> None:
     part = PartitionSeries(INDICATORS, idle_timeout=IDLE)
     observations = [

@@ -424,3 +424,22 @@ def test_release_forgets_partitions() -> None:
     assert aggregator.owned()[0].series == {}
     aggregator.release([0, 1, 2, 3])
     assert aggregator.owned() == {}
+
+
+def test_a_broker_outage_is_taken_out_of_every_owned_partition() -> None:
+    events = simulated(800)
+    aggregator = Aggregator(CATALOG, idle_timeout=IDLE)
+    now = event_time(events[-1]) + 1.0
+    records = [Record(None, orjson.dumps(event), i) for i, event in enumerate(events)]
+    ObservationTopic(aggregator).deliver_all(ingestor().process(TOPIC, 0, 1, records, now), now)
+    open_before = {n: owned.open_windows() for n, owned in aggregator.owned().items()}
+    assert sorted(open_before) == [0, 1, 2, 3] and all(open_before.values())
+
+    # Away from just after the last batch until long past the idle timeout.
+    back = now + 5 * IDLE
+    assert sorted(aggregator.exclude_outage(now + 1.0, back)) == [0, 1, 2, 3]
+    assert aggregator.close_idle(back + IDLE - 1.0 - 0.1, IDLE) == {}
+    assert {n: owned.open_windows() for n, owned in aggregator.owned().items()} == open_before
+    flushed = aggregator.close_idle(back + IDLE - 1.0, IDLE)
+    assert sorted(flushed) == [0, 1, 2, 3]
+    assert all(owned.open_windows() == 0 for owned in aggregator.owned().values())
