@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 import numpy as np
+import pytest
 
 from models.spec import Catalog, Indicator
 
@@ -124,3 +126,53 @@ def series_labels(indicator: Indicator, segment: tuple[str, ...] | None) -> dict
     if segment is not None:
         labels.update(zip((s.label for s in indicator.segment_by), segment, strict=True))
     return labels
+
+
+#: One scraped sample: metric name, labels, value.
+Sample = tuple[str, dict[str, str], float]
+
+
+def observation_count(catalog: Catalog, events: list[dict[str, Any]]) -> int:
+    """How many observations the worker must count from ``events``, over every series."""
+    return sum(
+        len(values)
+        for windows in series_windows(catalog, events).values()
+        for values in windows.values()
+    )
+
+
+def assert_exported_series_match(
+    catalog: Catalog, events: list[dict[str, Any]], samples: Iterable[Sample]
+) -> int:
+    """Every series's ``_events_total`` is exact, no other series is exported, and its
+    ``_value`` (the last window) equals numpy's; P² quantiles must lie between the exact
+    90th and 99th percentiles. ``samples`` may come from several workers. Returns the
+    number of values compared."""
+    exported: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
+    for name, sample_labels, value in samples:
+        exported[name][tuple(sorted(sample_labels.items()))] = value
+    checked = 0
+    expected_counts: dict[str, set[tuple[tuple[str, str], ...]]] = defaultdict(set)
+    for (indicator, segment), windows in series_windows(catalog, events).items():
+        labels = tuple(sorted(series_labels(indicator, segment).items()))
+        what = f"{indicator.name} {segment}"
+        counts = exported[f"cpimon_{indicator.kind}_events_total"]
+        expected_counts[indicator.kind].add(labels)
+        assert counts.get(labels) == sum(map(len, windows.values())), f"count of {what}"
+        last_window = windows[max(windows)]
+        want = value_of(indicator, last_window)
+        values = exported[f"cpimon_{indicator.kind}_value"]
+        if want is None:
+            assert labels not in values, f"{what} has no value, yet one is exported"
+            continue
+        assert labels in values, f"{what} missing from /metrics"
+        if indicator.measure.kind == "quantile":
+            low, high = np.quantile(np.asarray(last_window), [0.90, 0.99])
+            assert low <= values[labels] <= high, f"{what}: P² estimate {values[labels]}"
+        else:
+            assert values[labels] == pytest.approx(want, rel=1e-9, abs=1e-9), what
+        checked += 1
+    for kind in ("cpi", "kpi", "metric"):
+        unexpected = set(exported[f"cpimon_{kind}_events_total"]) - expected_counts[kind]
+        assert not unexpected, f"series no event feeds: {sorted(unexpected)[:5]}"
+    return checked

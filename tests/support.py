@@ -72,6 +72,12 @@ class WorkerProcess:
         ]
         return sum(found) if found else None
 
+    def counted(self) -> float:
+        """Observations counted over every series (``cpimon_{cpi,kpi,metric}_events_total``)."""
+        return sum(
+            self.value(f"cpimon_{kind}_events_total") or 0 for kind in ("cpi", "kpi", "metric")
+        )
+
     def describe(self, *names: str) -> str:
         """The current values of ``names`` (all cpimon_ metrics when none), for failure messages."""
         wanted = [

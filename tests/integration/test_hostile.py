@@ -21,16 +21,10 @@ from streams.broker import EmbeddedBroker
 from streams.codec import decode_event
 from streams.deadletter import REASON, SOURCE_OFFSET, SOURCE_PARTITION, read_headers
 from streams.simulator import JourneySimulator
-from tests.reference import series_windows
-from tests.support import EXAMPLE_CATALOG, WorkerProcess, wait_for, worker_process
+from tests.reference import observation_count
+from tests.support import EXAMPLE_CATALOG, wait_for, worker_process
 
 pytestmark = pytest.mark.broker
-
-KINDS = ("cpi", "kpi", "metric")
-
-
-def counted(worker: WorkerProcess) -> float:
-    return sum(worker.value(f"cpimon_{kind}_events_total") or 0 for kind in KINDS)
 
 
 def hostile_corpus(rng: random.Random, template: dict[str, Any], size: int) -> list[bytes]:
@@ -110,9 +104,7 @@ def test_fuzz_corpus_dead_letters_every_bad_message_and_counts_every_valid_one_o
     producer.close()
 
     catalog = load_catalog(EXAMPLE_CATALOG)
-    observations = sum(
-        len(v) for windows in series_windows(catalog, events).values() for v in windows.values()
-    )
+    observations = observation_count(catalog, events)
     env = {
         "CPIMON_EVENTS_TOPIC": topic,
         "CPIMON_APP_ID": f"hostile-{run}",
@@ -122,12 +114,12 @@ def test_fuzz_corpus_dead_letters_every_bad_message_and_counts_every_valid_one_o
         wait_for(
             lambda: (
                 worker.value("cpimon_events_consumed_total") == len(messages)
-                and counted(worker) == observations
+                and worker.counted() == observations
                 and worker.value("cpimon_open_windows") == 0
             ),
             120,
             f"{len(messages)} consumed and {observations} observations counted",
-            describe=lambda: f"counted {counted(worker)}; {worker.describe()}",
+            describe=lambda: f"counted {worker.counted()}; {worker.describe()}",
         )
         rejected = worker.value("cpimon_events_rejected_total")
         late = worker.value("cpimon_events_late_total") or 0
@@ -214,9 +206,7 @@ def test_broker_outage_keeps_metrics_served_and_loses_nothing(tmp_path: Path) ->
             producer.flush()
 
         catalog = load_catalog(EXAMPLE_CATALOG)
-        observations = sum(
-            len(v) for windows in series_windows(catalog, events).values() for v in windows.values()
-        )
+        observations = observation_count(catalog, events)
         env = {"CPIMON_EVENTS_TOPIC": topic, "CPIMON_APP_ID": "outage", "CPIMON_IDLE_TIMEOUT": "60"}
         with worker_process(broker.url, tmp_path, env) as worker:
             send(events[:1_500])
@@ -238,9 +228,9 @@ def test_broker_outage_keeps_metrics_served_and_loses_nothing(tmp_path: Path) ->
             wait_for(lambda: worker.value("cpimon_broker_up") == 1, 60, "broker_up 1 again")
             send(events[1_500:])
             wait_for(
-                lambda: counted(worker) == observations,
+                lambda: worker.counted() == observations,
                 120,
                 f"{observations} observations counted after the outage",
-                describe=lambda: f"counted {counted(worker)}; {worker.describe()}",
+                describe=lambda: f"counted {worker.counted()}; {worker.describe()}",
             )
         producer.close()
