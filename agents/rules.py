@@ -15,7 +15,9 @@ Alerts per CPI (``cpi``, ``owner`` and ``severity`` labels; ``summary``,
 ``CpiStale``
     No event counted into the CPI for ``stale_windows`` windows, across all its
     segments and workers; a CPI whose series are gone altogether (never seen,
-    or every worker restarted without it) is stale too.
+    or every worker restarted without it) is stale too.  Only once Prometheus
+    has been scraping cpimon for that long: a Prometheus that just started has
+    no history, and "no samples yet" is not "no events".
 
 Both CPI alerts are evaluated per series but without the ``instance`` label:
 when a partition moves to another worker the alert stays the same alert.
@@ -42,11 +44,15 @@ from models.spec import Catalog, Indicator
 __all__ = [
     "ALERTMANAGER_FILE",
     "DEFAULT_WEBHOOK_BASE",
+    "GROUP_INTERVAL_SECONDS",
+    "GROUP_WAIT_SECONDS",
     "PLATFORM_OWNER",
+    "REPEAT_INTERVAL_SECONDS",
     "RULES_FILE",
     "prometheus_duration",
     "render_alertmanager",
     "render_rules",
+    "target_for_seconds",
     "write_alertmanager",
     "write_rules",
 ]
@@ -65,6 +71,12 @@ DELAY_P99_SECONDS = 60.0
 #: Windows a target breach must last when the target has no ``for``.
 DEFAULT_FOR_WINDOWS = 2
 CPI_ALERTS = ("CpiTargetBreached", "CpiDropDetected", "CpiStale")
+#: Alertmanager: wait for more alerts of a new group before its first notification...
+GROUP_WAIT_SECONDS = 30.0
+#: ...then send what changed in the group (new alerts, resolved ones) at most this often...
+GROUP_INTERVAL_SECONDS = 300.0
+#: ...and repeat a notification of alerts still firing this often.
+REPEAT_INTERVAL_SECONDS = 4 * 3600.0
 
 _UNITS = (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1))
 
@@ -157,10 +169,18 @@ def _step(cpi: Indicator) -> str:
     return f"Journey step {cpi.journey_step}, owned by {cpi.owner}."
 
 
+def target_for_seconds(cpi: Indicator) -> float:
+    """How long a breach must last before CpiTargetBreached fires: the target's ``for``,
+    else :data:`DEFAULT_FOR_WINDOWS` windows."""
+    if cpi.target is None:
+        raise ValueError(f"{cpi.name} has no target, so no CpiTargetBreached alert")
+    return cpi.target.for_seconds or DEFAULT_FOR_WINDOWS * cpi.window
+
+
 def _target_rule(cpi: Indicator) -> dict[str, Any]:
     target = cpi.target
     assert target is not None
-    duration = target.for_seconds or DEFAULT_FOR_WINDOWS * cpi.window
+    duration = target_for_seconds(cpi)
     side, bound = ("below", "at least") if target.bound == "min" else ("above", "at most")
     value = _in_unit("cpimon_cpi_value", cpi)
     goal = _number(target.value, cpi)
@@ -205,9 +225,13 @@ def _stale_rule(cpi: Indicator) -> dict[str, Any]:
     events = _selector("cpimon_cpi_events_total", cpi=cpi.name)
     # increase() == 0: series still exported but not growing; absent_over_time: every
     # series of the CPI has vanished, or never existed (the sum of nothing is nothing).
+    # Both hold right after Prometheus starts, before it has a span of samples: the
+    # guard waits until it was already scraping cpimon one span ago.
+    watched = f'present_over_time(up{{job="{JOB}"}}[{span}] offset {span})'
     expr = (
-        f"sum by (cpi) (increase({events}[{span}])) == 0\n"
-        f"or\nsum by (cpi) (absent_over_time({events}[{span}]))"
+        f"(\n  sum by (cpi) (increase({events}[{span}])) == 0\n"
+        f"  or\n  sum by (cpi) (absent_over_time({events}[{span}]))\n)\n"
+        f"and on () {watched}"
     )
     names = "events" if cpi.events in ((), ("*",)) else f"{', '.join(cpi.events)} events"
     if cpi.where:
@@ -324,8 +348,15 @@ def render_alertmanager(
     catalog: Catalog,
     webhook_base: str = DEFAULT_WEBHOOK_BASE,
     platform_owner: str = PLATFORM_OWNER,
+    *,
+    group_wait: float = GROUP_WAIT_SECONDS,
+    group_interval: float = GROUP_INTERVAL_SECONDS,
+    repeat_interval: float = REPEAT_INTERVAL_SECONDS,
 ) -> dict[str, Any]:
-    """Alertmanager config: one webhook receiver per owner, routed by the owner label."""
+    """Alertmanager config: one webhook receiver per owner, routed by the owner label.
+
+    The group timings (seconds) bound how late notifications leave (agents/alert_timing.py).
+    """
     owners = sorted({indicator.owner for indicator in catalog.indicators} - {platform_owner})
     base = webhook_base.rstrip("/")
 
@@ -339,9 +370,9 @@ def render_alertmanager(
         "route": {
             "receiver": platform_owner,
             "group_by": ["alertname", "cpi"],
-            "group_wait": "30s",
-            "group_interval": "5m",
-            "repeat_interval": "4h",
+            "group_wait": prometheus_duration(group_wait),
+            "group_interval": prometheus_duration(group_interval),
+            "repeat_interval": prometheus_duration(repeat_interval),
             "routes": [{"matchers": [f'owner="{owner}"'], "receiver": owner} for owner in owners],
         },
         "inhibit_rules": [

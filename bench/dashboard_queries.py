@@ -31,7 +31,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import orjson
 import yaml
@@ -47,6 +47,7 @@ __all__ = [
     "DashboardCheck",
     "PrometheusClient",
     "PrometheusServer",
+    "ServerProcess",
     "Window",
     "check_dashboard",
     "first_selection",
@@ -100,54 +101,42 @@ class PrometheusClient:
         return bool(active) and all(target["health"] == "up" for target in active)
 
 
-class PrometheusServer(PrometheusClient):
-    """Debian's ``prometheus`` on 127.0.0.1, scraping ``targets`` as job ``cpimon``.
+class ServerProcess:
+    """A Debian server binary on a free 127.0.0.1 port with a YAML config in ``workdir``.
 
-    Use as a context manager: started on enter (ready when ``/-/ready`` answers),
-    stopped by PID on exit.  Its log is ``workdir/prometheus.log``.
+    Use as a context manager: started on enter (ready when ``/-/ready`` answers 200),
+    stopped by PID on exit.  Its log is ``workdir/<config stem>.log``.
     """
 
-    def __init__(
-        self,
-        workdir: Path,
-        targets: Sequence[str],
-        rule_files: Sequence[Path] = (),
-        scrape_interval: float = 1.0,
-    ) -> None:
-        binary = shutil.which("prometheus")
-        if binary is None:
+    #: Names the binary may have on PATH, and the Debian package that installs it.
+    binaries: ClassVar[tuple[str, ...]]
+    package: ClassVar[str]
+
+    def __init__(self, workdir: Path, config_name: str, config: Mapping[str, Any]) -> None:
+        found = [path for name in self.binaries if (path := shutil.which(name))]
+        if not found:
             raise RuntimeError(
-                "prometheus is not installed: install Debian's prometheus package "
-                "(make system-deps)"
+                f"{self.binaries[0]} is not installed: install Debian's {self.package} "
+                "package (make system-deps)"
             )
-        self.port = free_port()
-        super().__init__(f"http://127.0.0.1:{self.port}")
-        self.binary = binary
+        self.binary = found[0]
         self.workdir = workdir
-        self.scrape_interval = scrape_interval
-        self.log_path = workdir / "prometheus.log"
-        interval = prometheus_duration(scrape_interval)
-        config: dict[str, Any] = {
-            "global": {"scrape_interval": interval, "evaluation_interval": interval},
-            "rule_files": [str(path) for path in rule_files],
-            "scrape_configs": [
-                {"job_name": JOB, "static_configs": [{"targets": list(targets)}]},
-            ],
-        }
-        self.config_path = workdir / "prometheus.yml"
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log_path = workdir / f"{Path(config_name).stem}.log"
+        self.config_path = workdir / config_name
+        self.config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
         self.process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> PrometheusServer:
+    def arguments(self) -> list[str]:
+        """The command-line options after the binary."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        name = Path(self.binary).name
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [
-                    self.binary,
-                    f"--config.file={self.config_path}",
-                    f"--storage.tsdb.path={self.workdir / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--storage.tsdb.retention.time=1d",
-                ],
+                [self.binary, *self.arguments()],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -155,16 +144,16 @@ class PrometheusServer(PrometheusClient):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited at start:\n{self.log_tail()}")
+                raise RuntimeError(f"{name} exited at start:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
-                    if response.status == 200:
+                with urllib.request.urlopen(f"http://{self.address}/-/ready", timeout=2) as r:
+                    if r.status == 200:
                         return self
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.2)
         self.__exit__(None, None, None)
-        raise RuntimeError(f"prometheus not ready after 30s:\n{self.log_tail()}")
+        raise RuntimeError(f"{name} not ready after 30s:\n{self.log_tail()}")
 
     def __exit__(
         self,
@@ -178,6 +167,51 @@ class PrometheusServer(PrometheusClient):
     def log_tail(self, lines: int = 30) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+class PrometheusServer(ServerProcess, PrometheusClient):
+    """Debian's ``prometheus``, scraping ``targets`` as job ``cpimon``, evaluating
+    ``rule_files`` and sending alerts to ``alertmanagers`` (``host:port``); see
+    :class:`ServerProcess`."""
+
+    binaries = ("prometheus",)
+    package = "prometheus"
+
+    def __init__(
+        self,
+        workdir: Path,
+        targets: Sequence[str],
+        rule_files: Sequence[Path] = (),
+        scrape_interval: float = 1.0,
+        evaluation_interval: float | None = None,
+        alertmanagers: Sequence[str] = (),
+    ) -> None:
+        evaluation = scrape_interval if evaluation_interval is None else evaluation_interval
+        config: dict[str, Any] = {
+            "global": {
+                "scrape_interval": prometheus_duration(scrape_interval),
+                "evaluation_interval": prometheus_duration(evaluation),
+            },
+            "rule_files": [str(path) for path in rule_files],
+            "scrape_configs": [
+                {"job_name": JOB, "static_configs": [{"targets": list(targets)}]},
+            ],
+        }
+        if alertmanagers:
+            config["alerting"] = {
+                "alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]
+            }
+        ServerProcess.__init__(self, workdir, "prometheus.yml", config)
+        PrometheusClient.__init__(self, f"http://{self.address}")
+        self.scrape_interval = scrape_interval
+
+    def arguments(self) -> list[str]:
+        return [
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+            f"--web.listen-address={self.address}",
+            "--storage.tsdb.retention.time=1d",
+        ]
 
 
 @dataclass(frozen=True)
@@ -389,11 +423,21 @@ async def _odd_events(bootstrap: str, topic: str, stop: asyncio.Event) -> None:
 
 @contextmanager
 def live_traffic(
-    bootstrap: str, topic: str, rate: float, incidents: Sequence[str] = (), seed: int = 7
+    bootstrap: str,
+    topic: str,
+    rate: float,
+    incidents: Sequence[str] = (),
+    seed: int = 7,
+    *,
+    start_time: float | None = None,
+    odd_events: bool = True,
 ) -> Iterator[None]:
     """Simulator events stamped now, ``rate`` per second, plus odd ones, until the block ends.
 
-    ``incidents`` are ``KIND@START+DURATION`` texts, counted from the block's start.
+    ``incidents`` are ``KIND@START+DURATION`` texts, counted from the block's start, or
+    from ``start_time`` (epoch seconds, not in the future) when given: event ``i`` is then
+    stamped ``start_time + i / rate`` exactly, so the caller knows when incidents happen.
+    ``odd_events=False`` leaves out the malformed and rare events.
     Runs in a thread with its own event loop; a failure to produce fails the block.
     """
     loop = asyncio.new_event_loop()
@@ -402,7 +446,9 @@ def live_traffic(
 
     async def main() -> None:
         simulator = JourneySimulator(
-            seed=seed, incidents=[parse_incident(text) for text in incidents]
+            seed=seed,
+            start_time=start_time,
+            incidents=[parse_incident(text) for text in incidents],
         )
         journeys = asyncio.ensure_future(
             produce(
@@ -412,12 +458,15 @@ def live_traffic(
                 duration=None,
                 count=None,
                 simulator=simulator,
+                live_time=start_time is None,
             )
         )
-        odd = asyncio.ensure_future(_odd_events(bootstrap, topic, stop))
+        tasks: list[asyncio.Future[Any]] = [journeys]
+        if odd_events:
+            tasks.append(asyncio.ensure_future(_odd_events(bootstrap, topic, stop)))
         await stop.wait()
         journeys.cancel()
-        for task in (journeys, odd):
+        for task in tasks:
             with suppress(asyncio.CancelledError):
                 await task
 

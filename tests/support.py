@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,20 @@ EXAMPLE_CATALOG = ROOT / "catalog.example.yaml"
 
 
 T = TypeVar("T")
+
+
+def isolated_topics(app: str) -> dict[str, str]:
+    """Worker settings naming topics and an app id no other test uses (the session broker
+    keeps every topic and consumer group): ``CPIMON_APP_ID`` is ``app`` plus a run id."""
+    run = uuid.uuid4().hex[:8]
+    return {
+        "CPIMON_EVENTS_TOPIC": f"events-{run}",
+        "CPIMON_OBSERVATIONS_TOPIC": f"observations-{run}",
+        "CPIMON_DEAD_LETTER_TOPIC": f"dead-letters-{run}",
+        "CPIMON_CHECKPOINT_TOPIC": f"checkpoints-{run}",
+        "CPIMON_KPI_TOPIC": f"kpis-{run}",
+        "CPIMON_APP_ID": f"{app}-{run}",
+    }
 
 
 def wait_for(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from bench.dashboard_queries import (
 )
 from models.catalog import load_catalog
 from streams.broker import EmbeddedBroker
-from tests.support import ROOT, wait_for, worker_process
+from tests.support import ROOT, isolated_topics, wait_for, worker_process
 
 pytestmark = [pytest.mark.broker, pytest.mark.prometheus, pytest.mark.timeout(240)]
 
@@ -58,14 +57,8 @@ def test_every_dashboard_query_returns_data(broker: EmbeddedBroker, tmp_path: Pa
     boards = [json.loads(render_dashboard(b)) for b in build_dashboards(catalog).values()]
     assert len(boards) == 5
     [rules] = write_rules(catalog, tmp_path / "rules")
-    run = uuid.uuid4().hex[:8]
     env = {
-        "CPIMON_EVENTS_TOPIC": f"events-{run}",
-        "CPIMON_OBSERVATIONS_TOPIC": f"observations-{run}",
-        "CPIMON_DEAD_LETTER_TOPIC": f"dead-letters-{run}",
-        "CPIMON_CHECKPOINT_TOPIC": f"checkpoints-{run}",
-        "CPIMON_KPI_TOPIC": f"kpis-{run}",
-        "CPIMON_APP_ID": f"cpimon-dashboards-{run}",
+        **isolated_topics("cpimon-dashboards"),
         # The Tansu settings use a 2 s session: the idle timeout must be at least twice that.
         "CPIMON_IDLE_TIMEOUT": "6",
         "CPIMON_CHECKPOINT_INTERVAL": "1",
