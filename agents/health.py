@@ -49,6 +49,7 @@ class BrokerProbe:
         self.up: bool | None = None
         self._last_answer: float | None = None
         self._down_since: float | None = None
+        self._last_asked: float | None = None
         # The timer and the aggregate agent both probe; one client, one ask at a time.
         self._lock = asyncio.Lock()
 
@@ -57,8 +58,18 @@ class BrokerProbe:
         async with self._lock:
             return await self._probe()
 
+    async def recheck(self, min_interval: float = 1.0) -> Outage | None:
+        """While the broker counts as down, probe now, at most once per ``min_interval``
+        seconds: data arriving says it may be back, but a probe that keeps failing must
+        not hold up every batch."""
+        if self.up is not False:
+            return None
+        if self._last_asked is not None and self._clock() - self._last_asked < min_interval:
+            return None
+        return await self.probe()
+
     async def _probe(self) -> Outage | None:
-        asked = self._clock()
+        asked = self._last_asked = self._clock()
         try:
             await asyncio.wait_for(self._ask(), self._timeout)
         except Exception as error:  # any failure means: not reachable now

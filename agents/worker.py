@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from agents.api import register_api
 from agents.checkpointing import Checkpointer
 from agents.exporter import WorkerCollector
-from agents.health import BrokerProbe
+from agents.health import BrokerProbe, Outage
 from agents.kpis import KpiIngestor, sample_routes
 from agents.links import LinkBoard, encode_windows
 from agents.pipeline import Aggregator, Ingestor, IngestResult
@@ -167,8 +167,7 @@ def _wire_aggregate(worker: Worker) -> None:
         for value in encode_windows(closed, linked):
             await app.producer.send(settings.windows_topic, None, value, 0, None, None)
 
-    async def probe_and_exclude_outage() -> None:
-        outage = await worker.broker.probe()
+    def exclude(outage: Outage | None) -> None:
         if outage is not None:
             checkpointer.touched(aggregator.exclude_outage(outage.start, outage.end))
 
@@ -179,10 +178,9 @@ def _wire_aggregate(worker: Worker) -> None:
         checkpointer.ack = manual.ack
         async for event in manual.events():
             batch: RecordBatch = event.value
-            if worker.broker.up is False:
-                # A batch proves the broker is back: take the outage out of the idle
-                # clocks before this batch's sources count the others as silent.
-                await probe_and_exclude_outage()
+            # A batch says the broker is back: take the outage out of the idle clocks
+            # before this batch's sources count the others as silent.
+            exclude(await worker.broker.recheck())
             if batch.partition not in aggregator.partitions:
                 await checkpointer.restore(batch.partition)
             closed = aggregator.process(batch.partition, batch.records, time.time())
@@ -210,7 +208,7 @@ def _wire_aggregate(worker: Worker) -> None:
 
     @app.timer(interval=5.0)
     async def probe_broker() -> None:
-        await probe_and_exclude_outage()
+        exclude(await worker.broker.probe())
 
 
 def _wire_links(worker: Worker) -> None:

@@ -52,6 +52,24 @@ def test_an_outage_from_the_start_counts_from_the_first_ask() -> None:
     assert probe_at(probe, 510.0) == Outage(start=500.0, end=510.25)
 
 
+def test_recheck_probes_only_while_down_and_not_too_often() -> None:
+    probe = ScriptedProbe()
+    assert probe_at(probe, 100.0) is None
+    asked = probe.now
+    probe.now = 200.0
+    assert asyncio.run(probe.recheck(min_interval=1.0)) is None
+    assert probe.now == 200.0  # up: not asked again
+    probe.reachable = False
+    assert probe_at(probe, 201.0) is None and probe.up is False
+    probe.reachable = True
+    probe.now = 201.5  # asked at 201 (answer at 201.25): too soon
+    assert asyncio.run(probe.recheck(min_interval=1.0)) is None
+    assert probe.up is False
+    probe.now = 202.0
+    assert asyncio.run(probe.recheck(min_interval=1.0)) == Outage(start=asked, end=202.25)
+    assert probe.up is True
+
+
 def test_a_closed_port_is_down() -> None:
     probe = BrokerProbe([f"127.0.0.1:{free_port()}"], {}, timeout=5.0)
 
