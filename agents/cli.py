@@ -131,7 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--incident",
         action="append",
         default=[],
-        help="KIND@START+DURATION, e.g. payment-outage@1m+2m (repeatable)",
+        help="KIND@START+DURATION, e.g. payment-outage@1m+2m (repeatable; default: "
+        "payment-outage@90s+60s)",
+    )
+    demo.add_argument(
+        "--no-incident", action="store_true", help="no incident at all, only steady traffic"
     )
     demo.add_argument("--no-table", action="store_true", help="print a line per second instead")
     rules_cli.add_parser(commands)

@@ -19,14 +19,17 @@ simulator runs for the demo's ``--duration``, or :data:`HORIZON` seconds without
 (event time then starts 19 days back; after a day the simulator stops and the tables
 keep the last values).
 
-Incidents: ``cpimon simulate --incident`` times are event time, counted from the
-simulator's first event.  The demo's ``--incident`` times are the demo's own wall-clock
-time instead (counted from when the simulator starts, a second or two before the
-tables), and are multiplied by :data:`SPEED` on the way: ``payment-outage@1m+2m``
-starts a minute into the demo and lasts two minutes, i.e. 40 one-minute windows of event
-time.  Start incidents after the first minute: the drop detector learns its baseline
-from the first 20 windows (``warmup_windows``), which take a minute at this speed, and
-an incident it has not learned a normal for cannot be a drop.
+Incidents: without ``--incident`` the demo injects :data:`DEFAULT_INCIDENT`, a payment
+outage once the baselines are learned, so that ``make demo`` shows a drop live
+(``--no-incident`` leaves it out).  ``cpimon simulate --incident`` times are event
+time, counted from the simulator's first event.  The demo's ``--incident`` times are
+the demo's own wall-clock time instead (counted from when the simulator starts, a
+second or two before the tables), and are multiplied by :data:`SPEED` on the way:
+``payment-outage@1m+2m`` starts a minute into the demo and lasts two minutes, i.e. 40
+one-minute windows of event time.  Start incidents after the first minute: the drop
+detector learns its baseline from the first 20 windows (``warmup_windows``), which take
+a minute at this speed, and an incident it has not learned a normal for cannot be a
+drop.
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ SPEED = 20.0
 CPI_VARIATION = 1.5
 #: Seconds the simulator runs when the demo has no ``--duration`` (see the module docstring).
 HORIZON = 86_400.0
+#: The demo's own incident (wall-clock times): 90 s in, after the drop detector's 20
+#: warm-up windows (a minute at SPEED), payment success falls to about 0.5 for a minute.
+DEFAULT_INCIDENT = "payment-outage@90s+60s"
 
 Sample = tuple[str, dict[str, str], float]
 
@@ -108,6 +114,18 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> Non
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(5)
+
+
+def demo_incidents(given: list[str], none: bool = False) -> list[str]:
+    """The incidents a demo runs: those given, else :data:`DEFAULT_INCIDENT` (none with
+    ``--no-incident``).
+
+    >>> demo_incidents([]), demo_incidents([], none=True), demo_incidents(["slow-pages@1m+1m"])
+    (['payment-outage@90s+60s'], [], ['slow-pages@1m+1m'])
+    """
+    if none:
+        return []
+    return list(given) or [DEFAULT_INCIDENT]
 
 
 def simulated_incidents(incidents: list[str], speed: float = SPEED) -> list[str]:
@@ -290,7 +308,8 @@ def _fmt(value: float | None) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     catalog = load_catalog(args.catalog)
     # Checked before anything starts: a bad incident would only end the simulator.
-    incidents = simulated_incidents(args.incident)
+    chosen = demo_incidents(args.incident, args.no_incident)
+    incidents = simulated_incidents(chosen)
     # The dependence model's lags are in its windows: the catalog's make them whole lags.
     driver = catalog.links[0].cpi if catalog.links else catalog.cpis[0].name
     window_seconds = catalog.indicator(driver).window
@@ -328,6 +347,11 @@ def run_demo(args: argparse.Namespace) -> int:
             f"simulator: {args.rate:g} events/s, event time x{SPEED:g} (a {window_seconds:g}s "
             f"window every {window_seconds / SPEED:g}s of wall time), CPIs drifting"
         )
+        if chosen:
+            console.print(
+                f"incidents (from the start of the demo): {', '.join(chosen)}"
+                + ("" if args.incident else "; --incident to choose, --no-incident for none")
+            )
         worker = stack.enter_context(child_process([*cli, "worker"], env, workdir / "worker.log"))
         url = f"http://127.0.0.1:{args.metrics_port}/metrics"
         console.print(f"worker pid {worker.pid}, metrics at {url}; logs in {workdir}")
