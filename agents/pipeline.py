@@ -93,7 +93,9 @@ class Ingestor:
         recent = self._recent_ids.get((topic, partition))
         if recent is None:
             recent = self._recent_ids[(topic, partition)] = RecentIds(self.dedupe_horizon)
-        seen = recent.seen
+        # RecentIds.seen inlined; rotated once the batch is done.
+        current, previous = recent.current, recent.previous
+        remember = current.add
         plan_for = self.router.plan
         max_bytes, horizon = self.max_event_bytes, self.max_future_seconds
         for record in records:
@@ -114,9 +116,11 @@ class Ingestor:
                     )
                 )
                 continue
-            if seen(event["messageId"]):
+            message_id = event["messageId"]
+            if message_id in current or message_id in previous:
                 duplicates += 1
                 continue
+            remember(message_id)
             keep_time(event_time)
             observations = plan_for(name, event)(name, event)  # Router.observe, inlined
             if observations:
@@ -126,6 +130,7 @@ class Ingestor:
                     if group is None:
                         group = by_key[key] = []
                     group.append((event_time, value, offset))
+        recent.rotate()
         self._observe_delays(now, times)
         self.consumed[topic] = self.consumed.get(topic, 0) + len(records)
         if duplicates:

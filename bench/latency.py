@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -33,7 +35,6 @@ import orjson
 from agents.demo import stop_process
 from bench.common import start_worker, worker_env
 from streams.broker import EmbeddedBroker, free_port
-from streams.simulator import JourneySimulator, produce
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = "latency-probe"
@@ -45,6 +46,7 @@ PROBE_AHEAD = 150.0
 class Latency:
     rate: float
     produced: int
+    #: Seconds the load was paced over.
     seconds: float
     latencies: list[float]
     scrape_every: float
@@ -147,22 +149,27 @@ async def _send_probes(
 
 
 async def _load_and_probe(
-    bootstrap: str, topic: str, rate: float, duration: float, watcher: Watcher, probe_every: float
+    broker_url: str, topic: str, rate: float, duration: float, watcher: Watcher, probe_every: float
 ) -> tuple[int, float, dict[int, float]]:
+    """Probes from this process; the load from a ``cpimon simulate`` process of its own,
+    so that generating events does not delay the probes."""
+    bootstrap = broker_url.removeprefix("kafka://")
     probes = asyncio.create_task(_send_probes(bootstrap, topic, watcher, duration, probe_every))
     while watcher.visible < 1 and not probes.done():
         await asyncio.sleep(0.05)
-    started = time.perf_counter()
-    produced = await produce(
-        bootstrap,
-        topic,
-        rate=rate,
-        duration=duration,
-        count=None,
-        simulator=JourneySimulator(seed=7),
+    load = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "agents.cli", "simulate", "--broker", broker_url, "--topic", topic),
+        *("--rate", f"{rate:.0f}", "--duration", f"{duration:g}", "--seed", "7"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=ROOT,
     )
-    seconds = time.perf_counter() - started
-    return produced, seconds, await probes
+    output, _ = await load.communicate()
+    sent = re.search(rb"sent ([0-9,]+) events\s*$", output)
+    if load.returncode != 0 or sent is None:
+        raise SystemExit(f"bench: cpimon simulate failed: {output[-500:].decode(errors='replace')}")
+    return int(sent.group(1).replace(b",", b"")), duration, await probes
 
 
 def measure(
@@ -184,7 +191,7 @@ def measure(
         watcher.start()
         try:
             produced, seconds, sent_at = asyncio.run(
-                _load_and_probe(broker.bootstrap, topic, rate, duration, watcher, probe_every)
+                _load_and_probe(broker.url, topic, rate, duration, watcher, probe_every)
             )
         finally:
             watcher.stop.set()
