@@ -100,9 +100,7 @@ class Ingestor:
         max_bytes, horizon = self.max_event_bytes, self.max_future_seconds
         for record in records:
             try:
-                name, event_time, event = decode_event(
-                    record.value, now=now, max_bytes=max_bytes, max_future_seconds=horizon
-                )
+                name, event_time, event = decode_event(record.value, now, max_bytes, horizon)
             except EventRejected as rejection:
                 dead_letters.append(
                     DeadLetter(
