@@ -6,8 +6,6 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from agents.pipeline import Ingestor, IngestResult
 from models.errors import EventRejected
 from models.routing import Router
@@ -45,8 +43,7 @@ class KpiIngestor:
         self, topic: str, partition: int, partitions: int, records: Sequence[Any], now: float
     ) -> IngestResult:
         ingestor = self.ingestor
-        targets = ingestor.observation_partitions
-        by_partition: dict[int, list[list[Any]]] = {target: [] for target in range(targets)}
+        by_key: dict[str, list[tuple[float, float, int]]] = {}
         dead_letters = []
         newest: float | None = None
         for record in records:
@@ -73,16 +70,11 @@ class KpiIngestor:
             newest = event_time if newest is None else max(newest, event_time)
             sample = {"kpi": name, "value": value, "dims": dims}
             for key, measured in self.router.observe(name, sample):
-                by_partition[ingestor.partition_for(key)].append(
-                    [key, event_time, measured, record.offset]
-                )
+                by_key.setdefault(key, []).append((event_time, measured, record.offset))
         ingestor.consumed[topic] = ingestor.consumed.get(topic, 0) + len(records)
         for letter in dead_letters:
             reason = (topic, letter.reason)
             ingestor.rejected[reason] = ingestor.rejected.get(reason, 0) + 1
         last_offset = records[-1].offset if records else -1
-        encoded = {
-            target: orjson.dumps([topic, partition, partitions, newest, last_offset, observations])
-            for target, observations in by_partition.items()
-        }
+        encoded = ingestor.encode(topic, partition, partitions, newest, last_offset, by_key)
         return IngestResult(encoded, dead_letters, len(records) - len(dead_letters))

@@ -16,8 +16,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from agents.metrics import DelayHistogram
 from models.aggregation import ClosedWindow, PartitionSeries
 from models.dedupe import RecentIds
@@ -26,6 +24,7 @@ from models.routing import Router
 from models.spec import Catalog
 from streams.codec import decode_event
 from streams.deadletter import DeadLetter
+from streams.observations import decode_observations, encode_observations
 
 #: Series key → observation partition, remembered for the keys seen most (bounded).
 _PARTITION_CACHE_LIMIT = 100_000
@@ -84,10 +83,9 @@ class Ingestor:
         partition gets a record, empty or not, so that each learns how far this
         source has progressed in event time (see :class:`models.aggregation.SourceClock`).
         """
-        targets = self.observation_partitions
-        by_partition: list[list[tuple[str, float, float, int]]] = [[] for _ in range(targets)]
-        # Appending to the target's list directly: one call per observation.
-        append_to = [observations.append for observations in by_partition]
+        # Series key → its (event time, value, input offset) observations, in input order.
+        by_key: dict[str, list[tuple[float, float, int]]] = {}
+        group_of = by_key.get
         dead_letters: list[DeadLetter] = []
         times: list[float] = []
         keep_time = times.append
@@ -95,16 +93,14 @@ class Ingestor:
         recent = self._recent_ids.get((topic, partition))
         if recent is None:
             recent = self._recent_ids[(topic, partition)] = RecentIds(self.dedupe_horizon)
-        seen = recent.seen
+        # RecentIds.seen inlined; rotated once the batch is done.
+        current, previous = recent.current, recent.previous
+        remember = current.add
         plan_for = self.router.plan
-        partition_of = self._partition_of
-        partition_for = self.partition_for
         max_bytes, horizon = self.max_event_bytes, self.max_future_seconds
         for record in records:
             try:
-                name, event_time, event = decode_event(
-                    record.value, now=now, max_bytes=max_bytes, max_future_seconds=horizon
-                )
+                name, event_time, event = decode_event(record.value, now, max_bytes, horizon)
             except EventRejected as rejection:
                 dead_letters.append(
                     DeadLetter(
@@ -118,18 +114,21 @@ class Ingestor:
                     )
                 )
                 continue
-            if seen(event["messageId"]):
+            message_id = event["messageId"]
+            if message_id in current or message_id in previous:
                 duplicates += 1
                 continue
+            remember(message_id)
             keep_time(event_time)
             observations = plan_for(name, event)(name, event)  # Router.observe, inlined
             if observations:
                 offset = record.offset
                 for key, value in observations:
-                    target = partition_of.get(key)
-                    if target is None:
-                        target = partition_for(key)
-                    append_to[target]((key, event_time, value, offset))
+                    group = group_of(key)
+                    if group is None:
+                        group = by_key[key] = []
+                    group.append((event_time, value, offset))
+        recent.rotate()
         self._observe_delays(now, times)
         self.consumed[topic] = self.consumed.get(topic, 0) + len(records)
         if duplicates:
@@ -139,12 +138,31 @@ class Ingestor:
             self.rejected[counter_key] = self.rejected.get(counter_key, 0) + 1
         newest = max(times) if times else None
         last_offset = records[-1].offset if records else -1
-        self.routed += sum(map(len, by_partition))
-        encoded = {
-            target: orjson.dumps([topic, partition, partitions, newest, last_offset, observations])
-            for target, observations in enumerate(by_partition)
-        }
+        self.routed += sum(map(len, by_key.values()))
+        encoded = self.encode(topic, partition, partitions, newest, last_offset, by_key)
         return IngestResult(encoded, dead_letters, len(records) - len(dead_letters) - duplicates)
+
+    def encode(
+        self,
+        topic: str,
+        partition: int,
+        partitions: int,
+        newest: float | None,
+        last_offset: int,
+        by_key: Mapping[str, Sequence[tuple[float, float, int]]],
+    ) -> dict[int, bytes]:
+        """One observations record per observation partition, empty or not (so that each
+        learns how far this source has progressed in event time)."""
+        by_partition: list[list[tuple[str, Sequence[tuple[float, float, int]]]]] = [
+            [] for _ in range(self.observation_partitions)
+        ]
+        partition_for = self.partition_for
+        for key, observations in by_key.items():
+            by_partition[partition_for(key)].append((key, observations))
+        return {
+            target: encode_observations(topic, partition, partitions, newest, last_offset, groups)
+            for target, groups in enumerate(by_partition)
+        }
 
     def _observe_delays(self, now: float, times: list[float]) -> None:
         """Add ``now - t`` of every event time to the delay histogram, as
@@ -196,14 +214,15 @@ class Aggregator:
         for record in records:
             if record.offset < owned.next_offset:
                 continue
-            topic, source_partition, source_partitions, newest, last_offset, observations = (
-                orjson.loads(record.value)
-            )
-            owned.apply(
-                (topic, source_partition, source_partitions), newest, last_offset, observations, now
+            decoded = decode_observations(record.value)
+            self.applied += owned.apply_groups(
+                (decoded.topic, decoded.partition, decoded.partitions),
+                decoded.newest,
+                decoded.last_offset,
+                decoded.groups,
+                now,
             )
             owned.next_offset = record.offset + 1
-            self.applied += len(observations)
         return owned.close_due(now)
 
     def adopt(self, partition: int, restored: object) -> None:

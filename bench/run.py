@@ -13,9 +13,13 @@ the table shows medians.  raw and stock time themselves from their first event t
 their last.  The worker is timed from outside through ``/metrics``: from the first
 scrape that shows consumed events (the events consumed before it are not counted)
 to the first scrape showing every event consumed and every observation routed
-from them applied.  Scrapes are 4 per second (a scrape costs the worker CPU), and
+from them applied.  Scrapes are 2 per second (a scrape costs the worker CPU), and
 20 per second once the end is less than a second away, so the end is known to
 within 50 ms.
+
+Then, unless ``--latency-duration 0``, the latency phase (bench/latency.py): on a
+fresh broker, a fresh worker reads events produced at half the worker's median
+rate while probe events measure event → visible in ``cpimon_cpi_live_value``.
 """
 
 from __future__ import annotations
@@ -40,20 +44,17 @@ from pathlib import Path
 
 import orjson
 
-from agents.demo import EMBEDDED_BROKER_ENV, scrape, stop_process
-from bench import stages
-from bench.common import cpu_seconds, peak_rss_mb
+from agents.demo import scrape, stop_process
+from bench import latency, stages
+from bench.common import CATALOG, ROOT, cpu_seconds, peak_rss_mb, start_worker, worker_env
 from models.aggregation import PartitionSeries
 from models.catalog import load_catalog
 from models.routing import series_key
 from streams.broker import EmbeddedBroker, free_port
 from streams.simulator import JourneySimulator, produce
 
-ROOT = Path(__file__).resolve().parent.parent
-CATALOG = ROOT / "catalog.example.yaml"
-
 #: Seconds between /metrics scrapes while the worker runs, and near its end.
-SCRAPE_EVERY = 0.25
+SCRAPE_EVERY = 0.5
 SCRAPE_EVERY_NEAR_END = 0.05
 
 PATHS = {
@@ -149,27 +150,9 @@ def _metric(samples: list[tuple[str, dict[str, str], float]], name: str) -> floa
 def run_worker(run: Run, label: str) -> Result:
     port = free_port()
     topic = run.topic
-    env = {
-        **os.environ,
-        **EMBEDDED_BROKER_ENV,
-        "CPIMON_BROKER": run.broker.url,
-        "CPIMON_EVENTS_TOPIC": topic,
-        "CPIMON_OBSERVATIONS_TOPIC": f"{topic}-observations-{label}",
-        "CPIMON_DEAD_LETTER_TOPIC": f"{topic}-dead-letters",
-        "CPIMON_APP_ID": f"bench-{uuid.uuid4().hex[:8]}",
-        "CPIMON_METRICS_PORT": str(port),
-        "CPIMON_DATA_DIR": str(run.workdir / f"data-{label}"),
-        "CPIMON_CATALOG": str(CATALOG),
-    }
+    env = worker_env(run.broker.url, topic, label, port, run.workdir)
     log = open(run.workdir / f"{label}.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", "worker"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-        start_new_session=True,
-    )
+    process = start_worker(env, log)
     profiler: subprocess.Popen[bytes] | None = None
     url = f"http://127.0.0.1:{port}/metrics"
     started = finished = 0.0
@@ -327,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", type=Path, help="write a py-spy raw profile of each worker run here"
     )
+    parser.add_argument(
+        "--latency-duration",
+        type=float,
+        default=20.0,
+        help="seconds of the latency phase at half the worker's rate (0: skip it)",
+    )
     args = parser.parse_args(argv)
     paths = [path for path in args.paths.split(",") if path]
     if not set(paths) <= set(PATHS) or "raw" not in paths:
@@ -353,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     print_table(results, bytes_per_series())
+    if args.latency_duration > 0 and results.get("worker"):
+        rate = statistics.median(r.rate for r in results["worker"]) / 2
+        print(latency.measure(rate, workdir, args.latency_duration).summary(), flush=True)
     stage_micros = stages.measure(events=20_000, batch=2_500, repeat=5)
     per_event = stage_micros.pop("observations/event")
     print(

@@ -18,8 +18,11 @@ from models.routing import split_series_key
 from models.spec import Indicator
 from models.windows import WindowedSeries, WindowValue
 
-#: One routed observation on the wire: [series key, event time, value, input offset].
+#: One routed observation: [series key, event time, value, input offset].
 WireObservation = Sequence[Any]
+#: One series' observations of one input batch, in input order:
+#: (series key, event times, values, input offsets).
+ObservationGroup = tuple[str, Sequence[float], Sequence[float], Sequence[int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +211,8 @@ class PartitionSeries:
         ``newest`` its newest event time, ``last_offset`` its last input offset.
         Observations whose input offset was already applied are skipped.
         """
-        topic, partition, partitions = source
-        input_partition = (topic, partition)
-        done = self.applied_upto.get(input_partition, -1)
+        topic, partition, _partitions = source
+        done = self.applied_upto.get((topic, partition), -1)
         series_by_key = self.series
         for key, event_time, value, offset in observations:
             if offset <= done:
@@ -223,8 +225,53 @@ class PartitionSeries:
                     self.unknown += 1
                     continue
             series.add(event_time, value)
-        if last_offset > done:
-            self.applied_upto[input_partition] = last_offset
+        self._applied(source, newest, last_offset, now)
+
+    def apply_groups(
+        self,
+        source: tuple[str, int, int],
+        newest: float | None,
+        last_offset: int,
+        groups: Iterable[ObservationGroup],
+        now: float,
+    ) -> int:
+        """:meth:`apply` for observations grouped by series key (each group in input
+        order): the same state, exactly, at one call per group and window instead of
+        one per observation.  Returns the number of observations in ``groups``."""
+        topic, partition, _partitions = source
+        done = self.applied_upto.get((topic, partition), -1)
+        series_by_key = self.series
+        received = 0
+        for key, times, values, offsets in groups:
+            count = len(offsets)
+            received += count
+            if not count:
+                continue
+            if not offsets[0] > done or not offsets[-1] > done:  # partly replayed
+                fresh = [i for i, offset in enumerate(offsets) if offset > done]
+                self.replayed += count - len(fresh)
+                if not fresh:
+                    continue
+                times = [times[i] for i in fresh]
+                values = [values[i] for i in fresh]
+                count = len(fresh)
+            series = series_by_key.get(key)
+            if series is None:
+                series = self._new_series(key, topic)
+                if series is None:
+                    self.unknown += count
+                    continue
+            series.add_many(times, values)
+        self._applied(source, newest, last_offset, now)
+        return received
+
+    def _applied(
+        self, source: tuple[str, int, int], newest: float | None, last_offset: int, now: float
+    ) -> None:
+        """Record that an input batch is applied: its last offset, its event time."""
+        topic, partition, partitions = source
+        if last_offset > self.applied_upto.get((topic, partition), -1):
+            self.applied_upto[(topic, partition)] = last_offset
         self.clock.observe(topic, partition, partitions, newest, now)
         self.last_activity = now
 

@@ -20,7 +20,7 @@ All estimators pickle (window state is checkpointed to Kafka).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from river import stats
@@ -53,6 +53,10 @@ class Estimator(Protocol):
         """Take one value."""
         ...
 
+    def update_many(self, xs: Sequence[float]) -> None:
+        """Take several values, in order: the same state as ``update`` on each, exactly."""
+        ...
+
     def get(self) -> float | None:
         """The current value, or ``None`` while it is undefined."""
         ...
@@ -68,6 +72,9 @@ class _MeanBased:
     def __init__(self) -> None:
         self._mean = stats.Mean()
         self.update = self._mean.update
+
+    def update_many(self, xs: Sequence[float]) -> None:
+        _mean_update_many(self._mean, xs)
 
     @property
     def n(self) -> int:
@@ -166,6 +173,9 @@ class CountOf:
         self._count = stats.Count()
         self.update = self._count.update  # one call per value, as in _MeanBased
 
+    def update_many(self, xs: Sequence[float]) -> None:
+        self._count.n += len(xs)
+
     @property
     def n(self) -> int:
         return self._count.n
@@ -195,6 +205,15 @@ class SumOf:
     def update(self, x: float) -> None:
         self._sum.update(x)
         self.n += 1
+
+    def update_many(self, xs: Sequence[float]) -> None:
+        # Added one by one, in order (not sum(), which may compensate rounding): the
+        # same float as update() on each.
+        total = self._sum.sum
+        for x in xs:
+            total += x
+        self._sum.sum = total
+        self.n += len(xs)
 
     def get(self) -> float:
         return float(self._sum.get())
@@ -230,6 +249,12 @@ class QuantileOf:
         self._quantile.update(x)
         self.n += 1
 
+    def update_many(self, xs: Sequence[float]) -> None:
+        update = self._quantile.update  # P² is sequential: one update per value
+        for x in xs:
+            update(x)
+        self.n += len(xs)
+
     def get(self) -> float | None:
         return self._quantile.get()
 
@@ -261,6 +286,9 @@ class NetPromoterScore:
         # bool - bool is an int in {-1, 0, 1}: no branches on the hot path.
         self._balance.update((x >= 9.0) - (x <= 6.0))
 
+    def update_many(self, xs: Sequence[float]) -> None:
+        _mean_update_many(self._balance, [(x >= 9.0) - (x <= 6.0) for x in xs])
+
     def get(self) -> float | None:
         return 100.0 * self._balance.get() if self._balance.n else None
 
@@ -288,8 +316,21 @@ class Satisfaction:
     def update(self, x: float) -> None:
         self._share.update(x >= self.threshold)
 
+    def update_many(self, xs: Sequence[float]) -> None:
+        threshold = self.threshold
+        _mean_update_many(self._share, [x >= threshold for x in xs])
+
     def get(self) -> float | None:
         return self._share.get() if self._share.n else None
+
+
+def _mean_update_many(mean: stats.Mean, xs: Sequence[float]) -> None:
+    """``mean.update(x)`` for each value, with River's arithmetic inlined (same floats)."""
+    n, value = mean.n, mean._mean
+    for x in xs:
+        n += 1.0
+        value += (1.0 / n) * (x - value)
+    mean.n, mean._mean = n, value
 
 
 def _quantile(measure: Measure) -> Estimator:

@@ -20,6 +20,8 @@ class CpimonApp(faust.App):
     #: Awaited during a rebalance once no new batch can start, before Faust waits for
     #: every delivered message to be acked (a worker checkpoints and acks there).
     before_wait_empty: Callable[[], Awaitable[None]] | None = None
+    #: Seconds a broker may hold a fetch without data (Settings.fetch_max_wait).
+    fetch_max_wait: float = Settings.fetch_max_wait
 
     def _new_transport(self) -> TransportT:
         return BatchTransport(self.conf.broker_consumer, self)
@@ -89,6 +91,7 @@ def create_app(settings: Settings) -> tuple[CpimonApp, Topics]:
         topic_replication_factor=settings.topic_replication,
         loghandlers=[],
     )
+    app.fetch_max_wait = settings.fetch_max_wait
     topics = Topics(
         events=app.topic(settings.events_topic, value_serializer=BATCH_CODEC),
         kpis=app.topic(settings.kpi_topic, value_serializer=BATCH_CODEC),

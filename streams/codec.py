@@ -89,12 +89,13 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 def decode_event(
     raw: bytes | None,
-    *,
     now: float,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_future_seconds: float = DEFAULT_MAX_FUTURE_SECONDS,
 ) -> tuple[str, float, dict[str, Any]]:
     """Return (event name, event time as epoch seconds, the whole decoded object).
+
+    (Positional arguments allowed: a call with keywords costs the ingest loop ~1 %.)
 
     ``type`` defaults to ``track`` whose name is ``event``; ``page`` and ``screen``
     events are named by ``name``. ``userId`` or ``anonymousId`` must be a non-empty

@@ -75,6 +75,11 @@ class Settings:
     #: report end offsets per batch, such as the Tansu test broker).
     producer_max_batch_size: int = 16384
     max_poll_records: int = 10_000
+    #: Seconds the broker may hold a fetch that finds no new records.  Short, because
+    #: aiokafka has one fetch in flight per broker: while idle partitions (caught up, or a
+    #: quiet KPI topic) hold it, busy partitions of that broker wait too.  Each idle
+    #: fetch costs one small request per broker and period.
+    fetch_max_wait: float = 0.1
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = "PLAIN"
     sasl_username: str = ""
@@ -134,6 +139,11 @@ class Settings:
             )
         if self.observation_partitions < 1 or self.topic_partitions < 1:
             raise ConfigError("partition counts must be at least 1")
+        if not 0 < self.fetch_max_wait <= 30:
+            raise ConfigError(
+                f"CPIMON_FETCH_MAX_WAIT ({self.fetch_max_wait:g}s) must be more than 0 and at "
+                "most 30 seconds (0.1 suits most deployments)"
+            )
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

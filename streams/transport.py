@@ -9,9 +9,9 @@ batch.  Everything else (group membership, rebalancing, pausing during table
 recovery, acks, commits, sensors) stays Faust's.
 
 Commit bookkeeping: the batch's Faust message carries the offset of its last
-record; the offsets before it are registered as a gap, which Faust's own
-commit logic fills when that message is acked.  So an offset is committed
-only once the agent has finished the batch holding it.
+record, and the range of offsets it stands for is kept (streams/commits.py);
+when that message is acked the whole range becomes committable.  So an offset
+is committed only once the agent has finished the batch holding it.
 """
 
 from __future__ import annotations
@@ -19,22 +19,28 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any, ClassVar
 
+from aiokafka.errors import ConsumerStoppedError
 from faust.serializers import codecs
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, ConsumerMessage
 from mode import ServiceT
 
+from streams import fetching
+from streams.commits import BatchRanges
+
 BATCH_CODEC = "cpimon-batch"
+_value_of = attrgetter("value")
 
 
 class RecordBatch:
     """The records of one partition from one fetch, in offset order.
 
-    ``records`` are aiokafka ``ConsumerRecord`` objects (``.value``,
-    ``.offset``, ``.headers``, ``.timestamp``...).
+    ``records`` are the record objects of aiokafka's parser (``.offset``, ``.key``,
+    ``.value``, ``.headers``, ``.timestamp``; see streams/fetching.py).
     """
 
     __slots__ = ("partition", "records", "topic")
@@ -98,7 +104,8 @@ def tune_gc_for_batches() -> None:
 
 
 class BatchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
-    """Faust's aiokafka consumer thread, with a shorter fetch wait.
+    """Faust's aiokafka consumer thread, with a shorter fetch wait (``fetch_max_wait``
+    of the app, from CPIMON_FETCH_MAX_WAIT).
 
     aiokafka keeps one fetch request in flight per broker, for every assigned
     partition it holds no unread records of.  Faust asks brokers to hold a fetch up
@@ -106,12 +113,14 @@ class BatchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     a quiet topic such as the KPI topic) while the agents work through the others'
     records, the next fetch for the busy partitions waits for that hold to expire:
     the worker stalls for up to 1.5 s at a time (seen in ``make bench`` as gaps of
-    1.1-1.5 s between batches).  With :attr:`fetch_max_wait_ms` an idle fetch
-    costs one small request every 100 ms per broker instead.
+    1.1-1.5 s between batches).  With a wait of 100 ms an idle fetch costs one small
+    request every 100 ms per broker instead.
     """
 
-    #: How long the broker may hold a fetch without data (Faust: 1500, aiokafka: 500).
-    fetch_max_wait_ms: ClassVar[int] = 100
+    @property
+    def fetch_max_wait_ms(self) -> int:
+        """How long the broker may hold a fetch without data (Faust: 1500, aiokafka: 500)."""
+        return max(1, round(getattr(self.app, "fetch_max_wait", 0.1) * 1000))
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -121,12 +130,52 @@ class BatchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
         return consumer
 
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: set[TP],
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        # Faust's _fetch_records, with the bulk unpacking of streams/fetching.py for
+        # the batch topics.
+        fetcher = consumer._fetcher
+        if not fetching.supported(fetcher):  # pragma: no cover - aiokafka changed
+            return await super()._fetch_records(consumer, active_partitions, timeout, max_records)
+        if not self.consumer.flow_active:
+            return {}
+        if consumer._closed or fetcher._closed:
+            raise ConsumerStoppedError()
+        with fetcher._subscriptions.fetch_context():
+            return await fetching.fetched_records(
+                fetcher,
+                active_partitions,
+                BatchConsumer.batch_topics,
+                timeout=timeout or 0,
+                max_records=max_records,
+            )
+
 
 class BatchConsumer(aiokafka_driver.Consumer):
     """Faust's aiokafka consumer with a per-batch path for :attr:`batch_topics`."""
 
     #: Topics delivered as RecordBatch values; filled by the app before start.
     batch_topics: ClassVar[set[str]] = set()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ranges = BatchRanges()
+
+    def _new_offset(self, tp: TP) -> int | None:
+        if tp.topic not in self.batch_topics:
+            return super()._new_offset(tp)
+        return self._ranges.committable(
+            tp, self._acked[tp], self._committed_offset[tp], self._acked_index[tp].difference_update
+        )
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        await super().on_partitions_revoked(revoked)
+        self._ranges.revoked(revoked)
 
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -147,7 +196,9 @@ class BatchConsumer(aiokafka_driver.Consumer):
             RecordBatch(tp.topic, tp.partition, records),
             None,
             0,
-            sum(record.serialized_value_size for record in records),
+            # Records of batch topics are aiokafka's C records (streams/fetching.py),
+            # which do not carry their size: the size of the values stands in.
+            sum(map(len, filter(None, map(_value_of, records)))),
             tp,
             generation_id=self.app.consumer_generation_id,
         )
@@ -192,7 +243,12 @@ class BatchConsumer(aiokafka_driver.Consumer):
                         continue
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     read_offset = get_read_offset(tp)
-                    if read_offset is not None:
+                    # Offsets ascend: filter only when the first record was read before.
+                    if (
+                        read_offset is not None
+                        and tp_records
+                        and tp_records[0].offset < read_offset
+                    ):
                         tp_records = [r for r in tp_records if r.offset >= read_offset]
                     if not tp_records:
                         continue
@@ -225,8 +281,8 @@ class BatchConsumer(aiokafka_driver.Consumer):
         first, last = records[0].offset, records[-1].offset
         if read_offset is not None and first > read_offset + 1:
             first = read_offset + 1  # offsets skipped by the broker (compaction, markers)
-        if last > first and self.app.topics.acks_enabled_for(tp.topic):
-            await self._add_gap(tp, first, last - 1)
+        if self.app.topics.acks_enabled_for(tp.topic):
+            self._ranges.delivered(tp, first, last)
         await self._maybe_commit()
         await self.wait_first(
             callback(self._to_batch_message(tp, records)), self.suspend_flow.wait()

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import random
-from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -240,13 +239,23 @@ def test_batch_delays_fill_the_histogram_as_observe_many(now: float, delays: lis
     assert (stage.delay.count, stage.delay.total) == (reference.count, reference.total)
 
 
-def test_recent_ids_forget_the_oldest_past_capacity() -> None:
+def test_recent_ids_remember_between_one_and_two_capacities_of_newer_ids() -> None:
     rng = random.Random(4)
-    recent, model = RecentIds(50), deque[str](maxlen=50)
-    for _ in range(5000):
-        message_id = f"m{rng.randrange(120)}"
-        expected = message_id in model
-        if not expected:
-            model.append(message_id)
-        assert recent.seen(message_id) == expected
-    assert len(recent) == 50
+    capacity = 50
+    recent = RecentIds(capacity)
+    inserted_at: dict[str, int] = {}  # id -> count of distinct insertions when it was inserted
+    insertions = 0
+    for _ in range(20_000):
+        message_id = f"m{rng.randrange(160)}"
+        was_seen = recent.seen(message_id)
+        newer = insertions - inserted_at[message_id] - 1 if message_id in inserted_at else None
+        if newer is None:
+            assert not was_seen  # never sent before
+        elif newer < capacity:
+            assert was_seen, f"{message_id} forgotten after only {newer} newer ids"
+        elif newer >= 2 * capacity:
+            assert not was_seen, f"{message_id} remembered after {newer} newer ids"
+        if not was_seen:
+            inserted_at[message_id] = insertions
+            insertions += 1
+        assert len(recent) <= 2 * capacity

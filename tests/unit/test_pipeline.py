@@ -21,6 +21,7 @@ from models.aggregation import ClosedWindow, PartitionSeries
 from models.catalog import load_catalog
 from models.routing import Router, series_key
 from streams.deadletter import SOURCE_OFFSET, read_headers
+from streams.observations import decode_observations
 from streams.simulator import JourneySimulator
 from tests.reference import event_time, value_of, windows_by_segment
 
@@ -50,9 +51,15 @@ def ingestor(**options: Any) -> Ingestor:
 
 
 def decode_record(value: bytes) -> tuple[str, int, int, float | None, list[list[Any]]]:
-    """(input topic, input partition, its partition count, newest event time, observations)."""
-    topic, partition, partitions, newest, *_more, observations = orjson.loads(value)
-    return topic, partition, partitions, newest, observations
+    """(input topic, input partition, its partition count, newest event time, observations
+    as [key, event time, value, input offset] in input order within each series)."""
+    record = decode_observations(value)
+    observations = [
+        [group.key, *observation]
+        for group in record.groups
+        for observation in zip(group.times, group.values, group.offsets, strict=True)
+    ]
+    return record.topic, record.partition, record.partitions, record.newest, observations
 
 
 class ObservationTopic:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import ssl
+from types import SimpleNamespace
 
 import pytest
 
+from agents.demo import EMBEDDED_BROKER_ENV
 from models.errors import ConfigError
+from streams.app import create_app
 from streams.settings import ENV_PREFIX, Settings
+from streams.transport import BatchConsumerThread
 
 
 def env_name(field: str) -> str:
@@ -260,3 +264,26 @@ def test_idle_timeout_shorter_than_a_failover_is_refused() -> None:
         Settings.from_env({"CPIMON_SESSION_TIMEOUT": "30", "CPIMON_IDLE_TIMEOUT": "80"})
     assert "Raise CPIMON_IDLE_TIMEOUT" in str(raised.value)
     assert Settings.from_env({"CPIMON_SESSION_TIMEOUT": "2", "CPIMON_IDLE_TIMEOUT": "6"})
+
+
+def test_fetch_max_wait_defaults_to_a_tenth_of_a_second_and_is_read_from_the_environment() -> None:
+    assert Settings.from_env({}).fetch_max_wait == 0.1
+    assert Settings.from_env({"CPIMON_FETCH_MAX_WAIT": "0.02"}).fetch_max_wait == 0.02
+
+
+@pytest.mark.parametrize("raw", ["0", "-0.1", "31"])
+def test_fetch_max_wait_out_of_range_says_what_to_set(raw: str) -> None:
+    with pytest.raises(ConfigError, match="CPIMON_FETCH_MAX_WAIT"):
+        Settings.from_env({"CPIMON_FETCH_MAX_WAIT": raw})
+
+
+def test_the_embedded_broker_settings_shorten_the_fetch_wait() -> None:
+    assert Settings.from_env(EMBEDDED_BROKER_ENV).fetch_max_wait == 0.02
+
+
+def test_the_app_carries_fetch_max_wait_to_the_consumer_thread() -> None:
+    app, _topics = create_app(Settings(app_id="fetch-wait-test", fetch_max_wait=0.05))
+    assert app.fetch_max_wait == 0.05
+    # The thread reads its app's setting when it creates the aiokafka consumer.
+    thread = SimpleNamespace(app=app)
+    assert BatchConsumerThread.fetch_max_wait_ms.fget(thread) == 50  # type: ignore[attr-defined]
