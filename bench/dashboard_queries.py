@@ -324,7 +324,11 @@ def check_dashboard(
 ) -> DashboardCheck:
     """Run every target and annotation of ``board``; what stayed empty, and why."""
     check = DashboardCheck(title=str(board.get("title")))
-    choices, found = selections(template_variables(board), prometheus, window)
+    variables = template_variables(board)
+    choices, found = selections(variables, prometheus, window)
+    # A variable without values yet (no data behind it) leaves no selection: the queries
+    # then run with it empty, as Grafana would, and come back empty, not as an error.
+    nothing = {"datasource": "prometheus", **{variable.name: "" for variable in variables}}
     check.selections = len(choices)
     check.empty_variables = [name for name, seen in found.items() if not seen]
     targets: list[Target] = list(panel_targets(board))
@@ -338,7 +342,7 @@ def check_dashboard(
     queries += [(f"annotation {name}", "", expr, False) for name, expr in annotations]
     for title, ref, expr, instant in queries:
         sent = ""
-        for values in choices or [{"datasource": "prometheus"}]:
+        for values in choices or [nothing]:
             sent = substitute(expr, values, window)
             try:
                 result = _run(prometheus, sent, instant, window)
