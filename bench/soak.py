@@ -180,15 +180,22 @@ def run(args: argparse.Namespace, warmup: float, workdir: Path) -> list[Sample]:
             "1",
         ]
         with open(workdir / "worker.log", "wb") as wlog, open(workdir / "sim.log", "wb") as slog:
+            command = [*cli, "worker"]
+            if args.trace_heap:
+                env["CPIMON_SOAK_INTERVAL"], env["CPIMON_SOAK_WARMUP"] = (
+                    str(args.interval),
+                    str(warmup),
+                )
+                command = [sys.executable, "-m", "bench.traced_worker", str(workdir), "worker"]
             worker = subprocess.Popen(
-                [*cli, "worker"], env=env, stdout=wlog, stderr=subprocess.STDOUT, cwd=ROOT
+                command, env=env, stdout=wlog, stderr=subprocess.STDOUT, cwd=ROOT
             )
             simulator = subprocess.Popen(
                 simulate, env=env, stdout=slog, stderr=subprocess.STDOUT, cwd=ROOT
             )
         started = time.monotonic()
         print(f"{'s':>6} {'RSS MB':>8} {'open win':>8} {'series':>6} {'kept win':>8} "
-              f"{'consumed':>11} {'CPU %':>6} {'load':>5}", flush=True)  # fmt: skip
+              f"{'consumed':>11} {'ev/s':>6} {'CPU %':>6} {'load':>5}", flush=True)  # fmt: skip
         try:
             while (elapsed := time.monotonic() - started) < args.minutes * 60:
                 time.sleep(args.interval - elapsed % args.interval)
@@ -197,17 +204,20 @@ def run(args: argparse.Namespace, warmup: float, workdir: Path) -> list[Sample]:
                 sample = take_sample(worker.pid, port, time.monotonic() - started)
                 if sample is None:
                     continue
+                seconds = sample.elapsed - samples[-1].elapsed if samples else math.nan
                 cpu = (
-                    100 * (sample.cpu_seconds - samples[-1].cpu_seconds)
-                    / (sample.elapsed - samples[-1].elapsed) if samples else math.nan
-                )  # fmt: skip
+                    100 * (sample.cpu_seconds - samples[-1].cpu_seconds) / seconds
+                    if samples
+                    else math.nan
+                )
+                speed = (sample.consumed - samples[-1].consumed) / seconds if samples else math.nan
                 samples.append(sample)
                 over = len(samples) > 1 and samples[-2].elapsed < warmup <= sample.elapsed
                 mark = "  <- warm-up over" if over else ""
                 print(
                     f"{sample.elapsed:6.0f} {sample.rss_mb:8.1f} {sample.open_windows:8d} "
                     f"{sample.series:6d} {sample.history_windows:8d} {sample.consumed:11,d} "
-                    f"{cpu:6.0f} {sample.load:5.2f}{mark}",
+                    f"{speed:6.0f} {cpu:6.0f} {sample.load:5.2f}{mark}",
                     flush=True,
                 )
         finally:
@@ -268,8 +278,25 @@ def summarize(samples: list[Sample], warmup: float, args: argparse.Namespace) ->
         f"{args.dedupe_horizon:,d} ids, {dedupe / args.dedupe_horizon:.0f} bytes per id), "
         f"{PARTITIONS * dedupe / 1e6:.1f} MB for the {PARTITIONS} partitions"
     )
+    if args.trace_heap:
+        summarize_heap(args.workdir, warmup)
     print(f"samples: {args.workdir / 'samples.csv'}")
     return 0
+
+
+def summarize_heap(workdir: Path, warmup: float) -> None:
+    """The worker's traced Python heap (``--trace-heap``) after the warm-up."""
+    rows = [line.split() for line in (workdir / "heap.txt").read_text().splitlines()]
+    after = np.array([(float(t), int(b) / 1e6) for t, b in rows if float(t) >= warmup])
+    if len(after) < 3:
+        print("heap: too few samples after the warm-up")
+        return
+    slope, error = slope_per_hour(after[:, 0], after[:, 1])
+    print(
+        f"traced Python heap: {after[0, 1]:.1f} MB after the warm-up, {after[-1, 1]:.1f} MB "
+        f"at the end, slope {slope:+.2f} ± {error:.2f} MB/hour; biggest changes in "
+        f"{workdir}/heap-diff-*.txt"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--short", action="store_true", help="8 minutes, dedupe horizon 20,000")
+    parser.add_argument(
+        "--trace-heap",
+        action="store_true",
+        help="run the worker under tracemalloc (bench/traced_worker.py) to tell a leak "
+        "from the allocator keeping freed memory; slows the worker",
+    )
     parser.add_argument(
         "--skip-state-bytes", action="store_true", help="do not measure bytes per series"
     )
