@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import math
 import os
 import subprocess
@@ -261,6 +262,7 @@ def summarize(samples: list[Sample], warmup: float, args: argparse.Namespace) ->
         f"(± one standard error; {rss_slope * hours:+.2f} MB over the {hours * 60:.0f} "
         f"minutes fitted, {rss_slope * 24:+.1f} MB a day if it went on)"
     )
+    print_rss_steps(after, args.rate)
     print(
         f"open windows after the warm-up: {min(opened)}-{max(opened)}, slope "
         f"{open_slope:+.1f}/hour; active series {min(series)}-{max(series)}; closed "
@@ -282,6 +284,59 @@ def summarize(samples: list[Sample], warmup: float, args: argparse.Namespace) ->
         summarize_heap(args.workdir, warmup)
     print(f"samples: {args.workdir / 'samples.csv'}")
     return 0
+
+
+def print_rss_steps(after: list[Sample], rate: float) -> None:
+    """Where RSS rose after the warm-up, and whether the worker was catching up on a backlog
+    then (a stall, or above 1.5 x the rate): the allocator keeps memory a burst needed, so
+    RSS then rises in steps with the largest burst, not steadily with time."""
+    steps, in_bursts = 0.0, 0.0
+    for before, sample in itertools.pairwise(after):
+        rise = sample.rss_mb - before.rss_mb
+        if rise <= 0:
+            continue
+        steps += rise
+        window = [s for s in after if abs(s.elapsed - sample.elapsed) <= 30]
+        speeds = [
+            (b.consumed - a.consumed) / (b.elapsed - a.elapsed)
+            for a, b in itertools.pairwise(window)
+        ]
+        if speeds and (min(speeds) < 0.5 * rate or max(speeds) > 1.5 * rate):
+            in_bursts += rise
+    tail = [
+        s
+        for s in after
+        if s.elapsed >= after[-1].elapsed - (after[-1].elapsed - after[0].elapsed) / 3
+    ]
+    tail_slope, tail_error = slope_per_hour(
+        np.array([s.elapsed for s in tail]), np.array([s.rss_mb for s in tail])
+    )
+    print(
+        f"RSS rose by {steps:.1f} MB in total after the warm-up, {in_bursts:.1f} MB of it within "
+        f"30 s of a stall or catch-up burst (under 0.5x or over 1.5x the rate); slope over the "
+        f"last third ({(tail[-1].elapsed - tail[0].elapsed) / 60:.0f} min): "
+        f"{tail_slope:+.2f} ± {tail_error:.2f} MB/hour"
+    )
+
+
+def load_samples(path: Path) -> list[Sample]:
+    """The samples of an earlier run, from its samples.csv."""
+    with open(path, newline="") as source:
+        rows = list(csv.reader(source))[1:]
+    return [
+        Sample(
+            elapsed=float(row[0]),
+            rss_mb=float(row[1]),
+            open_windows=int(row[2]),
+            series=int(row[3]),
+            history_windows=int(row[4]),
+            consumed=int(row[5]),
+            duplicates=int(row[6]),
+            cpu_seconds=float(row[7]),
+            load=float(row[8]),
+        )
+        for row in rows
+    ]
 
 
 def summarize_heap(workdir: Path, warmup: float) -> None:
@@ -328,13 +383,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-state-bytes", action="store_true", help="do not measure bytes per series"
     )
+    parser.add_argument(
+        "--summarize",
+        type=Path,
+        metavar="DIR",
+        help="only summarize the samples.csv of an earlier run (give its options too)",
+    )
     args = parser.parse_args(argv)
     if args.short:
         args.minutes, args.dedupe_horizon = 8.0, 20_000
     window = min(i.window for i in load_catalog(CATALOG).indicators)
     computed = warmup_seconds(args.rate, args.dedupe_horizon, args.speed, window, kept_windows())
     warmup = computed if args.warmup_minutes is None else args.warmup_minutes * 60
-    args.workdir = Path(tempfile.mkdtemp(prefix="cpimon-soak-"))
+    args.workdir = args.summarize or Path(tempfile.mkdtemp(prefix="cpimon-soak-"))
     print(
         f"soak: {args.minutes:g} min at {args.rate:g} events/s, event time x{args.speed:g}; "
         f"logs in {args.workdir}\nwarm-up {warmup:.0f} s: the dedupe horizons fill in "
@@ -344,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{STARTUP_SECONDS:.0f} s to start",
         flush=True,
     )
+    if args.summarize is not None:
+        args.workdir = args.summarize
+        return summarize(load_samples(args.summarize / "samples.csv"), warmup, args)
     samples = run(args, warmup, args.workdir)
     return summarize(samples, warmup, args)
 
