@@ -2,8 +2,9 @@
 
 Memory is fixed when the object is made and never grows: the ids are kept as
 64-bit hashes in two preallocated arrays, about 29 bytes per id of the horizon
-(a ``set`` and a ``deque`` of the id strings took about 140: 56 MB for four
-input partitions at the default horizon of 100,000).
+(a ``set`` and a ``deque`` of the uuid strings took about 136, i.e. 54 MB for
+four input partitions at the default horizon of 100,000; the id strings alone
+were 60 % of it).  Checking an id costs about 0.3 µs more than the set did.
 """
 
 from __future__ import annotations
