@@ -93,9 +93,7 @@ class Ingestor:
         recent = self._recent_ids.get((topic, partition))
         if recent is None:
             recent = self._recent_ids[(topic, partition)] = RecentIds(self.dedupe_horizon)
-        # RecentIds.seen inlined; rotated once the batch is done.
-        current, previous = recent.current, recent.previous
-        remember = current.add
+        seen = recent.seen
         plan_for = self.router.plan
         max_bytes, horizon = self.max_event_bytes, self.max_future_seconds
         for record in records:
@@ -115,10 +113,9 @@ class Ingestor:
                 )
                 continue
             message_id = event["messageId"]
-            if message_id in current or message_id in previous:
+            if seen(message_id):
                 duplicates += 1
                 continue
-            remember(message_id)
             keep_time(event_time)
             observations = plan_for(name, event)(name, event)  # Router.observe, inlined
             if observations:
@@ -128,7 +125,6 @@ class Ingestor:
                     if group is None:
                         group = by_key[key] = []
                     group.append((event_time, value, offset))
-        recent.rotate()
         self._observe_delays(now, times)
         self.consumed[topic] = self.consumed.get(topic, 0) + len(records)
         if duplicates:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from models.aggregation import PartitionSeries
 from models.catalog import load_catalog
+from models.dedupe import RecentIds
 from models.routing import series_key
 from models.spec import Indicator
 
@@ -65,11 +66,30 @@ def bytes_per_series(indicator: Indicator, series: int, windows: int) -> float:
     return (after - before) / series + sum(len(k) + 49 for k in keys) / series
 
 
+def bytes_per_dedupe_id(horizon: int) -> float:
+    """Traced bytes per remembered id of a RecentIds filled five times over with uuid4-like
+    ids (the id strings themselves are not kept)."""
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    recent = RecentIds(horizon)
+    for n in range(5 * horizon):
+        recent.seen(f"{n:08x}-7f6e-4d3c-8b2a-{n:012x}")
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(recent) == horizon
+    return (after - before) / horizon
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--catalog", default=str(ROOT / "catalog.example.yaml"))
     parser.add_argument("--series", type=int, default=2000, help="segments per indicator")
     parser.add_argument("--windows", type=int, default=40, help="windows fed to each series")
+    parser.add_argument(
+        "--dedupe-horizon", type=int, default=100_000, help="ids per input partition"
+    )
     args = parser.parse_args()
     catalog = load_catalog(args.catalog)
     print(f"{'indicator':34} {'measure':9} {'detector':13} bytes/series")
@@ -84,6 +104,12 @@ def main() -> None:
         )
     print(f"{'mean':58} {sum(results) / len(results):10,.0f}")
     print(f"{'max':58} {max(results):10,.0f}")
+    per_id = bytes_per_dedupe_id(args.dedupe_horizon)
+    print(
+        f"dedupe: {per_id:.1f} bytes per remembered id, "
+        f"{per_id * args.dedupe_horizon / 1e6:.1f} MB per input partition "
+        f"at a horizon of {args.dedupe_horizon:,d}"
+    )
 
 
 if __name__ == "__main__":

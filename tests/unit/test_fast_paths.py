@@ -3,8 +3,8 @@
 - compiled route plans (``Router.observe``) against running ``Route.observe`` of each
   route, on random catalogs and random events, folding and counters included;
 - the cached-seconds timestamp path of ``decode_event`` against ``datetime``;
-- the per-batch delay histogram of the Ingestor against ``DelayHistogram.observe_many``;
-- ``RecentIds`` against a plain model, past its capacity.
+- the per-batch delay histogram of the Ingestor against ``DelayHistogram.observe_many``.
+(``RecentIds`` against a plain model is in test_dedupe.py.)
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from agents.metrics import DELAY_BUCKETS, DelayHistogram
 from agents.pipeline import Ingestor
-from models.dedupe import RecentIds
 from models.errors import EventRejected
 from models.routing import Router
 from models.spec import Catalog, Indicator, Measure, MeasureKind, Scalar, Segment
@@ -237,25 +236,3 @@ def test_batch_delays_fill_the_histogram_as_observe_many(now: float, delays: lis
         reference.observe_many([now - t for t in times])
     assert stage.delay.counts == reference.counts
     assert (stage.delay.count, stage.delay.total) == (reference.count, reference.total)
-
-
-def test_recent_ids_remember_between_one_and_two_capacities_of_newer_ids() -> None:
-    rng = random.Random(4)
-    capacity = 50
-    recent = RecentIds(capacity)
-    inserted_at: dict[str, int] = {}  # id -> count of distinct insertions when it was inserted
-    insertions = 0
-    for _ in range(20_000):
-        message_id = f"m{rng.randrange(160)}"
-        was_seen = recent.seen(message_id)
-        newer = insertions - inserted_at[message_id] - 1 if message_id in inserted_at else None
-        if newer is None:
-            assert not was_seen  # never sent before
-        elif newer < capacity:
-            assert was_seen, f"{message_id} forgotten after only {newer} newer ids"
-        elif newer >= 2 * capacity:
-            assert not was_seen, f"{message_id} remembered after {newer} newer ids"
-        if not was_seen:
-            inserted_at[message_id] = insertions
-            insertions += 1
-        assert len(recent) <= 2 * capacity
