@@ -159,7 +159,6 @@ def run(args: argparse.Namespace, warmup: float, workdir: Path) -> list[Sample]:
             "CPIMON_KPI_TOPIC": kpi_topic,
             "CPIMON_APP_ID": f"soak-{run_id}",
             "CPIMON_METRICS_PORT": str(port),
-            "CPIMON_IDLE_TIMEOUT": "30",
             "CPIMON_DEDUPE_HORIZON": str(args.dedupe_horizon),
             "CPIMON_CATALOG": str(CATALOG),
         }
