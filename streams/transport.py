@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import Sequence
-from operator import attrgetter
 from typing import Any, ClassVar
 
 from aiokafka.errors import ConsumerStoppedError
@@ -33,7 +32,6 @@ from streams import fetching
 from streams.commits import BatchRanges
 
 BATCH_CODEC = "cpimon-batch"
-_value_of = attrgetter("value")
 
 
 class RecordBatch:
@@ -198,7 +196,7 @@ class BatchConsumer(aiokafka_driver.Consumer):
             0,
             # Records of batch topics are aiokafka's C records (streams/fetching.py),
             # which do not carry their size: the size of the values stands in.
-            sum(map(len, filter(None, map(_value_of, records)))),
+            sum(len(record.value) for record in records if record.value is not None),
             tp,
             generation_id=self.app.consumer_generation_id,
         )
@@ -243,12 +241,7 @@ class BatchConsumer(aiokafka_driver.Consumer):
                         continue
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     read_offset = get_read_offset(tp)
-                    # Offsets ascend: filter only when the first record was read before.
-                    if (
-                        read_offset is not None
-                        and tp_records
-                        and tp_records[0].offset < read_offset
-                    ):
+                    if read_offset is not None:
                         tp_records = [r for r in tp_records if r.offset >= read_offset]
                     if not tp_records:
                         continue
