@@ -9,9 +9,9 @@ batch.  Everything else (group membership, rebalancing, pausing during table
 recovery, acks, commits, sensors) stays Faust's.
 
 Commit bookkeeping: the batch's Faust message carries the offset of its last
-record, and the range of offsets it stands for is kept (streams/commits.py);
-when that message is acked the whole range becomes committable.  So an offset
-is committed only once the agent has finished the batch holding it.
+record; the offsets before it are registered as a gap, which Faust's own
+commit logic fills when that message is acked.  So an offset is committed
+only once the agent has finished the batch holding it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from faust.types import TP, ConsumerMessage
 from mode import ServiceT
 
 from streams import fetching
-from streams.commits import BatchRanges
 
 BATCH_CODEC = "cpimon-batch"
 
@@ -160,21 +159,6 @@ class BatchConsumer(aiokafka_driver.Consumer):
     #: Topics delivered as RecordBatch values; filled by the app before start.
     batch_topics: ClassVar[set[str]] = set()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._ranges = BatchRanges()
-
-    def _new_offset(self, tp: TP) -> int | None:
-        if tp.topic not in self.batch_topics:
-            return super()._new_offset(tp)
-        return self._ranges.committable(
-            tp, self._acked[tp], self._committed_offset[tp], self._acked_index[tp].difference_update
-        )
-
-    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        await super().on_partitions_revoked(revoked)
-        self._ranges.revoked(revoked)
-
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -274,8 +258,8 @@ class BatchConsumer(aiokafka_driver.Consumer):
         first, last = records[0].offset, records[-1].offset
         if read_offset is not None and first > read_offset + 1:
             first = read_offset + 1  # offsets skipped by the broker (compaction, markers)
-        if self.app.topics.acks_enabled_for(tp.topic):
-            self._ranges.delivered(tp, first, last)
+        if last > first and self.app.topics.acks_enabled_for(tp.topic):
+            await self._add_gap(tp, first, last - 1)
         await self._maybe_commit()
         await self.wait_first(
             callback(self._to_batch_message(tp, records)), self.suspend_flow.wait()
