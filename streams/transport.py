@@ -110,8 +110,11 @@ class BatchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     costs one small request every 100 ms per broker instead.
     """
 
-    #: How long the broker may hold a fetch without data (Faust: 1500, aiokafka: 500).
-    fetch_max_wait_ms: ClassVar[int] = 100
+    @property
+    def fetch_max_wait_ms(self) -> int:
+        """How long the broker may hold a fetch without data (Faust: 1500, aiokafka: 500);
+        the app's ``fetch_max_wait`` (CPIMON_FETCH_MAX_WAIT)."""
+        return max(1, round(getattr(self.app, "fetch_max_wait", 0.1) * 1000))
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
