@@ -64,8 +64,6 @@ EMBEDDED_BROKER_ENV = {
     "CPIMON_HEARTBEAT_INTERVAL": "0.5",
     "CPIMON_PRODUCER_MAX_BATCH_SIZE": "1",
     "CPIMON_AUTO_OFFSET_RESET": "earliest",
-    # Embedded broker and tests: an event is visible sooner when a partition was idle.
-    "CPIMON_FETCH_MAX_WAIT": "0.1",
 }
 
 #: Event time runs this many times faster than the wall clock: a 1-minute window every 3 s.

@@ -277,10 +277,6 @@ def test_fetch_max_wait_out_of_range_says_what_to_set(raw: str) -> None:
         Settings.from_env({"CPIMON_FETCH_MAX_WAIT": raw})
 
 
-def test_the_embedded_broker_settings_shorten_the_fetch_wait() -> None:
-    assert Settings.from_env(EMBEDDED_BROKER_ENV).fetch_max_wait == 0.02
-
-
 def test_the_app_carries_fetch_max_wait_to_the_consumer_thread() -> None:
     app, _topics = create_app(Settings(app_id="fetch-wait-test", fetch_max_wait=0.05))
     assert app.fetch_max_wait == 0.05
