@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from agents.demo import EMBEDDED_BROKER_ENV
 from models.errors import ConfigError
 from streams.app import create_app
 from streams.settings import ENV_PREFIX, Settings
