@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import uuid
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from agents.demo import EMBEDDED_BROKER_ENV, Sample, scrape, stop_process
+from bench.common import start_worker
 from streams.broker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,14 +127,7 @@ def worker_process(
         **env,
     }
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "worker"],
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            start_new_session=True,
-        )
+        process = start_worker(full_env, log)
     worker = WorkerProcess(process, port, log_path)
     try:
         wait_for(worker.samples, 60, f"worker metrics on port {port}")
