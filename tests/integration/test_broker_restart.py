@@ -30,7 +30,7 @@ from models.catalog import load_catalog
 from streams.simulator import JourneySimulator
 from tests.reference import assert_exported_series_match, observation_count
 from tests.s3 import s3_broker
-from tests.support import EXAMPLE_CATALOG, wait_for, worker_process
+from tests.support import EXAMPLE_CATALOG, WorkerProcess, wait_for, worker_process
 
 pytestmark = pytest.mark.broker
 
@@ -64,6 +64,18 @@ def message_ids(bootstrap: str, topic: str) -> list[str]:
     return ids
 
 
+def wait_until_counted(
+    worker: WorkerProcess, observations: int, gauge: str, value: float, timeout: float, what: str
+) -> None:
+    """Wait until ``worker`` counted ``observations`` and ``gauge`` reads ``value``."""
+    wait_for(
+        lambda: worker.counted() == observations and worker.value(gauge) == value,
+        timeout,
+        f"{what}, {gauge} {value}",
+        describe=lambda: f"counted {worker.counted()}; {worker.describe()}",
+    )
+
+
 @pytest.mark.timeout(600)
 def test_broker_restart_under_a_running_worker_loses_and_duplicates_nothing(
     tmp_path: Path,
@@ -84,13 +96,8 @@ def test_broker_restart_under_a_running_worker_loses_and_duplicates_nothing(
         with worker_process(broker.url, tmp_path, env) as worker:
             produce(broker.bootstrap, topic, first)
             first_observations = observation_count(catalog, first)
-            wait_for(
-                lambda: (
-                    worker.counted() == first_observations and worker.value("cpimon_broker_up") == 1
-                ),
-                120,
-                "the first half counted, cpimon_broker_up 1",
-                describe=lambda: f"counted {worker.counted()}; {worker.describe()}",
+            wait_until_counted(
+                worker, first_observations, "cpimon_broker_up", 1, 120, "the first half counted"
             )
             open_before = worker.value("cpimon_open_windows")
             assert open_before  # the second half's first events belong to these windows
@@ -134,13 +141,8 @@ def test_broker_restart_under_a_running_worker_loses_and_duplicates_nothing(
             stored = message_ids(broker.bootstrap, topic)
             assert sorted(stored) == sorted(event["messageId"] for event in events)
             observations = observation_count(catalog, events)
-            wait_for(
-                lambda: (
-                    worker.counted() == observations and worker.value("cpimon_open_windows") == 0
-                ),
-                180,
-                "every event counted and every window closed",
-                describe=lambda: f"counted {worker.counted()}; {worker.describe()}",
+            wait_until_counted(
+                worker, observations, "cpimon_open_windows", 0, 180, "every event counted"
             )
             samples = worker.samples()
             assert worker.value("cpimon_events_consumed_total") == EVENTS
