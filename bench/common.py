@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -55,10 +56,16 @@ def cpu_seconds(pid: int | None = None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_worker(env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
-    """``cpimon worker`` from this checkout, in a session of its own, output to ``log``."""
+def start_worker(
+    env: dict[str, str], log: IO[bytes], launcher: Sequence[str] = ("agents.cli",)
+) -> subprocess.Popen[bytes]:
+    """``cpimon worker`` from this checkout, in a session of its own, output to ``log``.
+
+    ``launcher``: the module (and its arguments) that runs the cpimon command line,
+    e.g. ``("bench.traced_worker", OUTPUT_DIR)`` to run it under tracemalloc.
+    """
     return subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", "worker"],
+        [sys.executable, "-m", *launcher, "worker"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -49,7 +49,7 @@ import numpy as np
 import orjson
 
 from agents.demo import EMBEDDED_BROKER_ENV, scrape, stop_process
-from bench.common import cpu_seconds
+from bench.common import cpu_seconds, start_worker
 from bench.series_memory import bytes_per_series
 from models.aggregation import PartitionSeries
 from models.catalog import load_catalog
@@ -189,16 +189,14 @@ def run(args: argparse.Namespace, warmup: float, workdir: Path) -> list[Sample]:
             "1",
         ]
         with open(workdir / "worker.log", "wb") as wlog, open(workdir / "sim.log", "wb") as slog:
-            command = [*cli, "worker"]
+            launcher: tuple[str, ...] = ("agents.cli",)
             if args.trace_heap:
                 env["CPIMON_SOAK_INTERVAL"], env["CPIMON_SOAK_WARMUP"] = (
                     str(args.interval),
                     str(warmup),
                 )
-                command = [sys.executable, "-m", "bench.traced_worker", str(workdir), "worker"]
-            worker = subprocess.Popen(
-                command, env=env, stdout=wlog, stderr=subprocess.STDOUT, cwd=ROOT
-            )
+                launcher = ("bench.traced_worker", str(workdir))
+            worker = start_worker(env, wlog, launcher)
             simulator = subprocess.Popen(
                 simulate, env=env, stdout=slog, stderr=subprocess.STDOUT, cwd=ROOT
             )
