@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from bisect import insort
 from dataclasses import dataclass
+from typing import Any
 
 from river import stats
 
@@ -296,6 +297,10 @@ class _LagHistory:
         return LagStats(lag, n, r, low, high, cov / var_x)
 
 
+#: Windows one side of a link may run ahead of the other (a day of one-minute windows).
+_DEFAULT_MAX_SKEW = 1_440
+
+
 class LinkTracker:
     """One CPI→KPI link: pairs closed windows across lags, keeps a rolling Pearson
     correlation per lag, picks the best lag and decides whether the link is confirmed.
@@ -345,9 +350,14 @@ class LinkTracker:
     the KPI beyond the KPI's own past; it is still not proof of causation.
 
     Memory is bounded: each side keeps about ``history + max_lag`` windows of
-    raw values, and values older than that (relative to the newest window seen
-    on either side) are ignored.  Duplicates of a window already held are
-    ignored too; ``ignored`` counts every value not taken.
+    raw values behind the newest window of the side that is behind, and values
+    older than that are ignored.  One side may run up to ``max_skew`` windows
+    ahead of the other: a worker catching up a backlog closes the windows of
+    some series long before those of others, and a link fed that way must see
+    the same pairs as one fed in step.  Beyond ``max_skew`` the oldest windows
+    are dropped (a side silent that long is not behind, it has no data).
+    Duplicates of a window already held are ignored too; ``ignored`` counts
+    every value not taken.
 
     >>> cpi = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0, 5.0, 3.0, 5.0, 8.0, 9.0, 7.0]
     >>> tracker = LinkTracker(window=60.0, max_lag=2, history=10, min_windows=3)
@@ -383,6 +393,7 @@ class LinkTracker:
         "ignored",
         "lose_after",
         "max_lag",
+        "max_skew",
         "min_windows",
         "window",
     )
@@ -394,6 +405,7 @@ class LinkTracker:
         history: int = 30,
         min_windows: int = 10,
         lose_after: int | None = None,
+        max_skew: int = _DEFAULT_MAX_SKEW,
     ) -> None:
         if not window > 0:
             raise ValueError(f"window must be a positive number of seconds, not {window!r}")
@@ -406,6 +418,8 @@ class LinkTracker:
             raise ValueError(f"min_windows must be at least 1, not {min_windows!r}")
         if lose_after is not None and lose_after < 1:
             raise ValueError(f"lose_after must be at least 1, not {lose_after!r}")
+        if max_skew < 0:
+            raise ValueError(f"max_skew must be 0 or more windows, not {max_skew!r}")
         self.window = float(window)
         self.max_lag = max_lag
         self.history = history
@@ -414,9 +428,11 @@ class LinkTracker:
         # Raw values by window index (start / window), kept while a partner may still come.
         self._cpi: dict[int, float] = {}
         self._kpi: dict[int, float] = {}
-        # A partner of window i is at most max_lag windows away; the extra `history`
-        # lets one side run that many windows ahead of the other.
+        self.max_skew = max_skew
+        # A partner of window i is at most max_lag windows away, and the Granger test
+        # reads `history` windows of raw values back.
         self._retain = history + max_lag
+        # Newest window index taken on either side.
         self._newest: int | None = None
         self._lags = [_LagHistory(history) for _ in range(max_lag + 1)]
         self._stats: list[LagStats] | None = None
@@ -427,6 +443,14 @@ class LinkTracker:
         self.confirmed = False
         self.evaluations = 0
         self.ignored = 0
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        # Checkpoints written before max_skew existed restore with its default.
+        _, slots = state
+        for name, value in slots.items():
+            setattr(self, name, value)
+        if "max_skew" not in slots:
+            self.max_skew = _DEFAULT_MAX_SKEW
 
     def add_cpi(self, window_start: float, value: float | None) -> None:
         """Take the CPI value of the closed window starting at ``window_start``."""
@@ -468,19 +492,26 @@ class LinkTracker:
             self.ignored += 1
             return None
         index = round(window_start / self.window)
-        newest = self._newest
-        if (newest is not None and index < newest - self._retain) or index in side:
+        if index in side or (self._newest is not None and index < self._floor(self._newest)):
             self.ignored += 1
             return None
         side[index] = float(value)
         self._version += 1
-        if newest is None or index > newest:
+        if self._newest is None or index > self._newest:
             self._newest = index
-            floor = index - self._retain
-            for held in (self._cpi, self._kpi):
-                for old in [i for i in held if i < floor]:
-                    del held[old]
+        floor = self._floor(self._newest)
+        for held in (self._cpi, self._kpi):
+            for old in [i for i in held if i < floor]:
+                del held[old]
         return index
+
+    def _floor(self, newest: int) -> int:
+        """The oldest window index still of use: ``history + max_lag`` behind the side
+        that is behind, and never more than ``max_skew`` further back than ``newest``."""
+        floor = newest - self._retain - self.max_skew
+        if self._cpi and self._kpi:
+            floor = max(floor, min(max(self._cpi), max(self._kpi)) - self._retain)
+        return floor
 
     def _evaluate(self) -> None:
         self.evaluations += 1

@@ -24,7 +24,8 @@ from typing import Any, ClassVar
 from faust.serializers import codecs
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
-from faust.types import TP, ConsumerMessage
+from faust.types import TP, ConsumerMessage, Message
+from faust.types.tuples import ack_lock
 from mode import ServiceT
 
 BATCH_CODEC = "cpimon-batch"
@@ -130,6 +131,8 @@ class BatchConsumer(aiokafka_driver.Consumer):
 
     #: Topics delivered as RecordBatch values; filled by the app before start.
     batch_topics: ClassVar[set[str]] = set()
+    #: Acks of messages from an earlier generation, not counted (see :meth:`ack`).
+    stale_acks_ignored: int = 0
 
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -200,9 +203,17 @@ class BatchConsumer(aiokafka_driver.Consumer):
                     if not tp_records:
                         continue
                     if tp.topic in batch_topics:
-                        await self._deliver_batch(tp, tp_records, read_offset, callback)
+                        delivered = await self._deliver_batch(
+                            tp, tp_records, read_offset, callback, generation_id
+                        )
                     else:
-                        await self._deliver_each(tp, tp_records, callback, acks_enabled_for)
+                        delivered = await self._deliver_each(
+                            tp, tp_records, callback, acks_enabled_for, generation_id
+                        )
+                    if not delivered:
+                        # A rebalance came while delivering: the new generation seeks
+                        # to the committed offsets, and its read offsets must stay.
+                        break
                     set_read_offset(tp, tp_records[-1].offset)
                     await asyncio.sleep(0)
                 self.diag.unset_flag(CONSUMER_FETCHING)
@@ -222,24 +233,48 @@ class BatchConsumer(aiokafka_driver.Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
+    def _current(self, generation_id: int) -> bool:
+        """Whether records fetched in ``generation_id`` may still be handed to agents."""
+        return self.flow_active and generation_id == self.app.consumer_generation_id
+
     async def _deliver_batch(
-        self, tp: TP, records: Sequence[Any], read_offset: int | None, callback: Any
-    ) -> None:
+        self,
+        tp: TP,
+        records: Sequence[Any],
+        read_offset: int | None,
+        callback: Any,
+        generation_id: int,
+    ) -> bool:
+        """Hand one batch to the agents; False if a rebalance came first (not delivered)."""
+        await self._maybe_commit()
+        # The commit may have waited through a whole rebalance.  A batch of the old
+        # generation delivered now would be skipped by the stream and acked unapplied,
+        # and its gap would let Faust commit past records nobody applied.
+        if not self._current(generation_id):
+            return False
         first, last = records[0].offset, records[-1].offset
         if read_offset is not None and first > read_offset + 1:
             first = read_offset + 1  # offsets skipped by the broker (compaction, markers)
         if last > first and self.app.topics.acks_enabled_for(tp.topic):
             await self._add_gap(tp, first, last - 1)
-        await self._maybe_commit()
         await self.wait_first(
             callback(self._to_batch_message(tp, records)), self.suspend_flow.wait()
         )
+        return self._current(generation_id)
 
     async def _deliver_each(
-        self, tp: TP, records: Sequence[Any], callback: Any, acks_enabled_for: Any
-    ) -> None:
+        self,
+        tp: TP,
+        records: Sequence[Any],
+        callback: Any,
+        acks_enabled_for: Any,
+        generation_id: int,
+    ) -> bool:
         get_read_offset = self._read_offset.__getitem__
         for record in records:
+            await self._maybe_commit()
+            if not self._current(generation_id):
+                return False
             read_offset = get_read_offset(tp)
             if (
                 read_offset is not None
@@ -247,9 +282,27 @@ class BatchConsumer(aiokafka_driver.Consumer):
                 and acks_enabled_for(tp.topic)
             ):
                 await self._add_gap(tp, read_offset + 1, record.offset)
-            await self._maybe_commit()
             await self.wait_first(callback(self._to_message(tp, record)), self.suspend_flow.wait())
+            if not self._current(generation_id):
+                return False
             self._read_offset[tp] = record.offset
+        return True
+
+    def ack(self, message: Message) -> bool:
+        """Faust's ack, except for messages of an earlier generation of the group.
+
+        Streams ack the messages they skip, among them those delivered before a
+        rebalance that reach the agent after it.  Counted, such an ack would let
+        the new generation commit past records it has not applied yet (they are
+        read again from the committed offset and acked when applied).
+        """
+        generation_id = message.generation_id
+        if generation_id is not None and generation_id != self.app.consumer_generation_id:
+            with ack_lock:
+                message.acked = True  # nothing is to wait for it any more
+            self.stale_acks_ignored += 1
+            return False
+        return super().ack(message)
 
     async def _maybe_commit(self) -> None:
         if self._commit_every is not None and self._n_acked >= self._commit_every:

@@ -10,7 +10,10 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import orjson
+from kafka import KafkaConsumer
 
 from agents.demo import EMBEDDED_BROKER_ENV, Sample, scrape, stop_process
 from bench.common import start_worker
@@ -59,6 +62,16 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {state}")
 
 
+#: Labelled counters summed in failure messages: where observations went instead of a count.
+DIAGNOSTIC_COUNTERS = (
+    "cpimon_events_consumed_total",
+    "cpimon_events_duplicate_total",
+    "cpimon_events_rejected_total",
+    "cpimon_events_late_total",
+    "cpimon_events_unmeasurable_total",
+)
+
+
 class WorkerProcess:
     """A ``cpimon worker`` child process with its metrics URL and log."""
 
@@ -94,12 +107,18 @@ class WorkerProcess:
         )
 
     def describe(self, *names: str) -> str:
-        """The current values of ``names`` (all cpimon_ metrics when none), for failure messages."""
+        """The current values of ``names`` (when none: the unlabelled cpimon_ metrics and
+        the sums of the counters that explain a missing count), for failure messages."""
+        samples = self.samples()
         wanted = [
             f"{name}{labels}={value}"
-            for name, labels, value in self.samples()
+            for name, labels, value in samples
             if (name in names if names else name.startswith("cpimon_") and not labels)
         ]
+        if not names:
+            for counter in DIAGNOSTIC_COUNTERS:
+                total = sum(value for name, _labels, value in samples if name == counter)
+                wanted.append(f"sum {counter}={total}")
         return "; ".join(wanted) + "\n--- worker log tail:\n" + self.log_tail(20)
 
     def log_tail(self, lines: int = 60) -> str:
@@ -134,3 +153,19 @@ def worker_process(
         yield worker
     finally:
         stop_process(process)
+
+
+def message_ids(bootstrap: str, topic: str) -> list[str]:
+    """The ``messageId`` of every record in ``topic``, read straight from the broker."""
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5_000
+    )
+    ids = [orjson.loads(record.value)["messageId"] for record in consumer]
+    consumer.close()
+    return ids
+
+
+def unstored_records(futures: list[Any]) -> int:
+    """Sends (kafka-python futures, flushed) that failed or that the broker acknowledged with
+    offset -1, which is how Tansu acknowledges a record it did not store."""
+    return sum(future.failed() or future.get(timeout=0).offset < 0 for future in futures)

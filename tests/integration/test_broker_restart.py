@@ -24,13 +24,20 @@ from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 
 from models.catalog import load_catalog
 from streams.simulator import JourneySimulator
 from tests.reference import assert_exported_series_match, observation_count
 from tests.s3 import s3_broker
-from tests.support import EXAMPLE_CATALOG, WorkerProcess, wait_for, worker_process
+from tests.support import (
+    EXAMPLE_CATALOG,
+    WorkerProcess,
+    message_ids,
+    unstored_records,
+    wait_for,
+    worker_process,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -49,19 +56,8 @@ def produce(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> None:
     ]
     producer.flush(timeout=60)
     producer.close(timeout=10)
-    # Offset -1 is how Tansu acknowledges a record it did not store (see above).
-    unstored = sum(future.get(timeout=0).offset < 0 for future in sent)
+    unstored = unstored_records(sent)
     assert unstored == 0, f"the broker acknowledged {unstored} records without storing them"
-
-
-def message_ids(bootstrap: str, topic: str) -> list[str]:
-    """The ``messageId`` of every record in ``topic``, read straight from the broker."""
-    consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5_000
-    )
-    ids = [orjson.loads(record.value)["messageId"] for record in consumer]
-    consumer.close()
-    return ids
 
 
 def wait_until_counted(

@@ -580,6 +580,51 @@ def test_memory_stays_bounded() -> None:
     assert sizes[1] < sizes[0] * 1.1
 
 
+@pytest.mark.parametrize("first", ["cpi", "kpi"])
+def test_a_side_far_ahead_gives_the_pairs_and_confirmation_of_a_link_fed_in_step(
+    first: str,
+) -> None:
+    # A worker catching up a backlog can close every window of one series before the
+    # first of the other.  Fed that way, the link must still see every pair.  Before
+    # max_skew, windows more than history + max_lag behind the newest of either side
+    # were dropped: this link (confirmed at its 33rd of 88 evaluations in step) ended
+    # with 26 evaluations, 62-64 windows ignored and no confirmation.
+    cpi, kpi = _lagged(seed=21, windows=90, lag=2, beta=2.0, noise=1.0)
+
+    def tracker() -> LinkTracker:
+        return LinkTracker(W, max_lag=5, history=20, min_windows=30)
+
+    in_step = tracker()
+    for t in range(90):
+        in_step.add_cpi(W * t, cpi[t])
+        if t in kpi:
+            in_step.add_kpi(W * t, kpi[t])
+    apart = tracker()
+    sides = [(apart.add_cpi, cpi), (apart.add_kpi, kpi)]
+    for add, values in sides if first == "cpi" else sides[::-1]:
+        for t, value in values.items():
+            add(W * t, value)
+    assert in_step.confirmed and apart.confirmed
+    assert apart.evaluations == in_step.evaluations == len(kpi)
+    assert apart.lags() == pytest.approx(in_step.lags())
+    assert apart.ignored == 0
+
+
+def test_max_skew_bounds_the_windows_held_for_a_silent_partner() -> None:
+    tracker = LinkTracker(W, max_lag=5, history=20, max_skew=100)
+    sizes = []
+    for t in range(3000):
+        tracker.add_cpi(W * t, float(t % 7))
+        if t in (500, 2999):
+            sizes.append(len(pickle.dumps(tracker)))
+    assert sizes[1] < sizes[0] * 1.1
+    # The partner's windows older than max_skew + history + max_lag are not taken.
+    tracker.add_kpi(W * (2999 - 126), 1.0)
+    assert tracker.ignored == 1
+    tracker.add_kpi(W * (2999 - 125), 1.0)
+    assert tracker.ignored == 1 and tracker.evaluations == 1
+
+
 def test_pickle_round_trip_keeps_state() -> None:
     cpi, kpi = _lagged(seed=13, windows=120, lag=2, beta=1.0, noise=1.0)
     tracker = LinkTracker(W, max_lag=3, history=30, min_windows=10)
@@ -612,6 +657,23 @@ def test_pickle_round_trip_keeps_state() -> None:
     assert pickle.loads(pickle.dumps(tracker.best())) == tracker.best()
 
 
+def test_a_checkpoint_from_before_max_skew_restores_with_its_default() -> None:
+    cpi, kpi = _lagged(seed=14, windows=40, lag=1, beta=1.0, noise=1.0)
+    tracker = LinkTracker(W, max_lag=2, history=10, min_windows=5)
+    for t in range(40):
+        tracker.add_cpi(W * t, cpi[t])
+        if t in kpi:
+            tracker.add_kpi(W * t, kpi[t])
+    _, slots = tracker.__getstate__()  # type: ignore[misc]
+    del slots["max_skew"]
+    old = LinkTracker.__new__(LinkTracker)
+    old.__setstate__((None, slots))
+    assert old.max_skew == LinkTracker(W).max_skew
+    old.add_cpi(W * 40, 5.0)
+    old.add_kpi(W * 40, 105.0)
+    assert old.evaluations == tracker.evaluations + 1
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -621,6 +683,7 @@ def test_pickle_round_trip_keeps_state() -> None:
         {"window": W, "history": 3},
         {"window": W, "min_windows": 0},
         {"window": W, "lose_after": 0},
+        {"window": W, "max_skew": -1},
     ],
 )
 def test_bad_hyperparameters_are_refused(kwargs: dict[str, float]) -> None:
