@@ -166,6 +166,15 @@ class WorkerCollector(Collector):
             "Observations this worker sent to the observations topic",
             value=self.ingestor.routed,
         )
+        undelivered = CounterMetricFamily(
+            "cpimon_records_undelivered",
+            "Sends of records (observations, dead letters) the broker did not store; each "
+            "is sent again",
+            labels=["topic"],
+        )
+        for topic, count in sorted(self.ingestor.undelivered.items()):
+            undelivered.add_metric([topic], count)
+        yield undelivered
         yield CounterMetricFamily(
             "cpimon_observations_applied",
             "Observations this worker applied to its windows",

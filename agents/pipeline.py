@@ -56,6 +56,9 @@ class Ingestor:
     delay: DelayHistogram = field(default_factory=DelayHistogram)
     #: Observations sent to the observations topic.
     routed: int = 0
+    #: Sends of records (observations, dead letters) the broker did not store, by topic;
+    #: each was sent again.
+    undelivered: dict[str, int] = field(default_factory=dict)
     _partition_of: dict[str, int] = field(default_factory=dict)
     _recent_ids: dict[tuple[str, int], RecentIds] = field(default_factory=dict)
 

@@ -12,6 +12,7 @@ worker too.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -33,6 +34,7 @@ from agents.kpis import KpiIngestor, sample_routes
 from agents.links import LinkBoard, encode_windows
 from agents.pipeline import Aggregator, Ingestor, IngestResult
 from models.aggregation import ClosedWindow
+from models.errors import CpimonError
 from models.routing import Router
 from models.spec import Catalog, Indicator
 from streams.app import CpimonApp, Topics, create_app
@@ -122,15 +124,71 @@ def build_worker(
     return worker
 
 
-async def _send_result(worker: Worker, result: IngestResult) -> None:
+#: (topic, key, value, partition, headers) of a record stage 1 produces.
+OutgoingRecord = tuple[str, bytes | None, bytes | None, int | None, Any]
+#: Sends of one record before stage 1 gives up on a broker that does not store it.
+DELIVERY_ATTEMPTS = 5
+
+
+def _stored(future: asyncio.Future[Any]) -> str | None:
+    """None if the send stored its record, else what went wrong."""
+    if future.cancelled():
+        return "the send was cancelled"
+    if future.exception() is not None:
+        return f"the send failed: {future.exception()!r}"
+    if future.result().offset < 0:
+        # Kafka never answers a send with acks so; a test broker (Tansu) sometimes does.
+        return "the broker acknowledged it without an offset (not stored)"
+    return None
+
+
+async def _deliver(worker: Worker, records: list[OutgoingRecord]) -> None:
+    """Send ``(topic, key, value, partition, headers)`` records and wait until the broker
+    has stored each, resending those it did not store.
+
+    Faust flushes the producer before it commits, but a record whose send failed is
+    flushed too: without this check its input offset would be committed and the record
+    lost.  Waiting here keeps each partition's records in order (a resent record is
+    stored before the next batch's), which stage 2's replay detection relies on.
+    """
     producer = worker.app.producer
+    pending = records
+    for attempt in range(1, DELIVERY_ATTEMPTS + 1):
+        futures: list[asyncio.Future[Any]] = []
+        for topic, key, value, partition, headers in pending:
+            sent = await producer.send(topic, key, value, partition, None, headers)
+            futures.append(cast(asyncio.Future[Any], sent))
+        await asyncio.wait(futures)
+        failed = [
+            (record, problem)
+            for record, future in zip(pending, futures, strict=True)
+            if (problem := _stored(future)) is not None
+        ]
+        if not failed:
+            return
+        for (topic, *_rest), problem in failed:
+            worker.ingestor.undelivered[topic] = worker.ingestor.undelivered.get(topic, 0) + 1
+            log.warning("a record for %s was not stored (%s); sending it again", topic, problem)
+        pending = [record for record, _problem in failed]
+        await asyncio.sleep(0.1 * attempt)
+    raise CpimonError(
+        f"the broker did not store {len(pending)} records for {pending[0][0]} after "
+        f"{DELIVERY_ATTEMPTS} attempts; check the broker's health. The worker stops without "
+        "committing them, and the next owner of its partitions processes them again."
+    )
+
+
+async def _send_result(worker: Worker, result: IngestResult) -> None:
     settings = worker.settings
-    for target, value in result.records.items():
-        await producer.send(settings.observations_topic, None, value, target, None, None)
-    for letter in result.dead_letters:
-        await producer.send(
-            settings.dead_letter_topic, letter.key, letter.value, None, None, letter.headers()
-        )
+    records: list[OutgoingRecord] = [
+        (settings.observations_topic, None, value, target, None)
+        for target, value in result.records.items()
+    ]
+    records += [
+        (settings.dead_letter_topic, letter.key, letter.value, None, letter.headers())
+        for letter in result.dead_letters
+    ]
+    await _deliver(worker, records)
 
 
 def _wire_ingest(worker: Worker) -> None:

@@ -141,6 +141,28 @@ def observation_count(catalog: Catalog, events: list[dict[str, Any]]) -> int:
     )
 
 
+def count_differences(
+    catalog: Catalog, events: list[dict[str, Any]], samples: Iterable[Sample]
+) -> list[str]:
+    """Every series whose exported ``_events_total`` (summed over ``samples``, which may
+    come from several workers) differs from the count in ``events``, for failure messages."""
+    exported: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+    for name, sample_labels, value in samples:
+        if name.endswith("_events_total"):
+            exported[(name, tuple(sorted(sample_labels.items())))] += value
+    differences = []
+    for (indicator, segment), windows in series_windows(catalog, events).items():
+        key = (
+            f"cpimon_{indicator.kind}_events_total",
+            tuple(sorted(series_labels(indicator, segment).items())),
+        )
+        want = sum(map(len, windows.values()))
+        got = exported.get(key, 0.0)
+        if got != want:
+            differences.append(f"{indicator.name} {segment}: {got:g} of {want}")
+    return differences
+
+
 def assert_exported_series_match(
     catalog: Catalog, events: list[dict[str, Any]], samples: Iterable[Sample]
 ) -> int:

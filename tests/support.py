@@ -69,6 +69,7 @@ DIAGNOSTIC_COUNTERS = (
     "cpimon_events_rejected_total",
     "cpimon_events_late_total",
     "cpimon_events_unmeasurable_total",
+    "cpimon_records_undelivered_total",
 )
 
 

@@ -757,7 +757,7 @@ def test_watch_refreshes_until_interrupted(worker_run: WorkerRun) -> None:
     finally:
         if process.poll() is None:
             process.kill()
-            process.wait()
+            process.communicate()  # closes the pipes: a failure here stays this test's
     assert process.returncode == 0, err
     assert "Traceback" not in err
 

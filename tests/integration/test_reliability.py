@@ -15,13 +15,18 @@ from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 
 from agents.demo import Sample
 from models.catalog import load_catalog
 from streams.broker import EmbeddedBroker
+from streams.observations import decode_observations
 from streams.simulator import JourneySimulator
-from tests.reference import assert_exported_series_match, observation_count
+from tests.reference import (
+    assert_exported_series_match,
+    count_differences,
+    observation_count,
+)
 from tests.support import (
     EXAMPLE_CATALOG,
     WorkerProcess,
@@ -60,6 +65,21 @@ def produce_steadily(
             time.sleep(ahead)
     producer.flush()
     producer.close()
+
+
+def observations_in_topic(bootstrap: str, topic: str) -> int:
+    """Distinct observations (input partition, input offset, series) stored in ``topic``:
+    says, when a count is short, whether stage 1 never wrote them or stage 2 missed them."""
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5_000
+    )
+    seen: set[tuple[str, int, int, str]] = set()
+    for record in consumer:
+        decoded = decode_observations(record.value)
+        for key, _times, _values, offsets in decoded.groups:
+            seen.update((decoded.topic, decoded.partition, offset, key) for offset in offsets)
+    consumer.close()
+    return len(seen)
 
 
 def series_samples(workers: list[WorkerProcess]) -> dict[str, list[Sample]]:
@@ -137,7 +157,13 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(
             120,
             f"{total} observations of the {len(stored)} stored events counted across both "
             "workers, every window closed",
-            describe=lambda: f"counted {counted()}; " + " | ".join(w.describe() for w in workers),
+            describe=lambda: (
+                f"counted {counted()}; series off: "
+                f"{count_differences(catalog, stored, [s for w in workers for s in w.samples()])}; "
+                "in the observations topic "
+                f"{observations_in_topic(broker.bootstrap, env['CPIMON_OBSERVATIONS_TOPIC'])}; "
+                + " | ".join(w.describe() for w in workers)
+            ),
         )
         by_worker = {w.url: w.samples() for w in workers}
         # The scenario did what it claims: partitions changed hands through checkpoints.
