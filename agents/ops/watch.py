@@ -343,12 +343,6 @@ def render(
 # --- command -----------------------------------------------------------------------------
 
 
-#: Fetches of every refresh run here.  One pool for the process, never shut down by a
-#: refresh: Ctrl-C landing in the pool's ``Thread.join`` (a ``with`` block's exit) can
-#: leave CPython unable to exit (it waited forever at shutdown under load).
-_FETCHERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="cpimon-watch")
-
-
 def poll(urls: Sequence[str]) -> dict[str, Any]:
     """Fetch every worker at once and merge what answered."""
 
@@ -358,7 +352,9 @@ def poll(urls: Sequence[str]) -> dict[str, Any]:
         except OpsError as error:
             return str(error)
 
-    return merge(dict(zip(urls, _FETCHERS.map(one, urls), strict=True)))
+    with ThreadPoolExecutor(max_workers=max(len(urls), 1)) as pool:
+        results = dict(zip(urls, pool.map(one, urls), strict=True))
+    return merge(results)
 
 
 def _check(state: Mapping[str, Any], args: argparse.Namespace) -> None:

@@ -744,6 +744,9 @@ def test_watch_refreshes_until_interrupted(worker_run: WorkerRun) -> None:
         text=True,
         cwd=ROOT,
         env={**os.environ, "COLUMNS": "120"},
+        # A runner started in the background (`make test &`) passes SIGINT on ignored,
+        # and Python then never turns Ctrl-C into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert process.stdout is not None
