@@ -156,14 +156,20 @@ def worker_process(
         stop_process(process)
 
 
-def message_ids(bootstrap: str, topic: str) -> list[str]:
-    """The ``messageId`` of every record in ``topic``, read straight from the broker."""
+def topic_values(bootstrap: str, topic: str) -> list[bytes]:
+    """The value of every record in ``topic``, read straight from the broker (until 5 s
+    pass without one)."""
     consumer = KafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5_000
     )
-    ids = [orjson.loads(record.value)["messageId"] for record in consumer]
+    values = [record.value for record in consumer]
     consumer.close()
-    return ids
+    return values
+
+
+def message_ids(bootstrap: str, topic: str) -> list[str]:
+    """The ``messageId`` of every record in ``topic``."""
+    return [orjson.loads(value)["messageId"] for value in topic_values(bootstrap, topic)]
 
 
 def unstored_records(futures: list[Any]) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 
 from agents.demo import Sample
 from models.catalog import load_catalog
@@ -31,6 +31,7 @@ from tests.support import (
     EXAMPLE_CATALOG,
     WorkerProcess,
     message_ids,
+    topic_values,
     unstored_records,
     wait_for,
     worker_process,
@@ -70,15 +71,11 @@ def produce_steadily(
 def observations_in_topic(bootstrap: str, topic: str) -> int:
     """Distinct observations (input partition, input offset, series) stored in ``topic``:
     says, when a count is short, whether stage 1 never wrote them or stage 2 missed them."""
-    consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5_000
-    )
     seen: set[tuple[str, int, int, str]] = set()
-    for record in consumer:
-        decoded = decode_observations(record.value)
+    for value in topic_values(bootstrap, topic):
+        decoded = decode_observations(value)
         for key, _times, _values, offsets in decoded.groups:
             seen.update((decoded.topic, decoded.partition, offset, key) for offset in offsets)
-    consumer.close()
     return len(seen)
 
 
