@@ -85,9 +85,15 @@ class Checkpointer:
             log.info("%s partition %d: no checkpoint, starting empty", self.store.name, partition)
             self.states.partition(partition)
             return
-        self.states.adopt(partition, state.loads(data))
+        restored = state.loads(data)
+        self.states.adopt(partition, restored)
         self.restored += 1
-        log.info("%s partition %d: restored from its checkpoint", self.store.name, partition)
+        log.info(
+            "%s partition %d: restored from its checkpoint (%r)",
+            self.store.name,
+            partition,
+            restored,
+        )
 
     async def checkpoint(self, partitions: Iterable[int] | None = None) -> int:
         """Save every changed partition (or those given) and ack what they cover."""

@@ -10,6 +10,7 @@ partitions this worker owns.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +26,8 @@ from models.spec import Catalog
 from streams.codec import decode_event
 from streams.deadletter import DeadLetter
 from streams.observations import decode_observations, encode_observations
+
+log = logging.getLogger(__name__)
 
 #: Series key → observation partition, remembered for the keys seen most (bounded).
 _PARTITION_CACHE_LIMIT = 100_000
@@ -196,6 +199,8 @@ class Aggregator:
 
     def __post_init__(self) -> None:
         self._indicators = {indicator.name: indicator for indicator in self.catalog.indicators}
+        #: Partitions read since this worker took them over (their first batch is logged).
+        self._reading: set[int] = set()
 
     def partition(self, number: int) -> PartitionSeries:
         owned = self.partitions.get(number)
@@ -210,6 +215,25 @@ class Aggregator:
         (restored from a checkpoint) and are skipped.  Returns the windows that closed.
         """
         owned = self.partition(partition)
+        if records and partition not in self._reading:
+            self._reading.add(partition)
+            log.info(
+                "observations partition %d: reading from offset %d, its state expects %d",
+                partition,
+                records[0].offset,
+                owned.next_offset,
+            )
+        if records and records[0].offset > owned.next_offset > 0:
+            # Nothing but a commit past the state's checkpoint (or deleted records) can
+            # make the consumer resume after the offset the state expects next.
+            log.warning(
+                "observations partition %d: offsets %d-%d were never applied (its state "
+                "expected %d next); their observations are missing from its series",
+                partition,
+                owned.next_offset,
+                records[0].offset - 1,
+                owned.next_offset,
+            )
         for record in records:
             if record.offset < owned.next_offset:
                 continue
@@ -230,6 +254,7 @@ class Aggregator:
             raise TypeError(f"checkpoint of partition {partition} is not partition state")
         restored.rebind(self._indicators)
         self.partitions[partition] = restored
+        self._reading.discard(partition)
 
     def close_idle(self, now: float, idle_timeout: float) -> dict[int, list[ClosedWindow]]:
         """Windows closed by the passing of processing time, by partition."""
@@ -251,6 +276,7 @@ class Aggregator:
         """Forget partitions this worker no longer owns, so it stops exposing their series."""
         for number in partitions:
             self.partitions.pop(number, None)
+            self._reading.discard(number)
 
     def keep_only(self, partitions: Iterable[int]) -> list[int]:
         """Release every partition not in ``partitions``; return the released ones."""

@@ -187,6 +187,12 @@ class PartitionSeries:
         #: Observations naming an indicator this worker's catalog does not have.
         self.unknown = 0
 
+    def __repr__(self) -> str:
+        return (
+            f"<PartitionSeries next_offset={self.next_offset} "
+            f"applied_upto={sorted(self.applied_upto.items())} series={len(self.series)}>"
+        )
+
     def _new_series(self, key: str, topic: str) -> WindowedSeries | None:
         name, _segment = split_series_key(key)
         indicator = self.indicators.get(name)

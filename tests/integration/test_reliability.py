@@ -22,6 +22,7 @@ from models.catalog import load_catalog
 from streams.broker import EmbeddedBroker
 from streams.observations import decode_observations
 from streams.simulator import JourneySimulator
+from tests.forensics import observation_history
 from tests.reference import (
     assert_exported_series_match,
     count_differences,
@@ -159,6 +160,14 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(
                 f"{count_differences(catalog, stored, [s for w in workers for s in w.samples()])}; "
                 "in the observations topic "
                 f"{observations_in_topic(broker.bootstrap, env['CPIMON_OBSERVATIONS_TOPIC'])}; "
+                + observation_history(
+                    broker.bootstrap,
+                    catalog,
+                    env["CPIMON_OBSERVATIONS_TOPIC"],
+                    env["CPIMON_CHECKPOINT_TOPIC"],
+                    tmp_path / "observation-history.jsonl",
+                )
+                + " | "
                 + " | ".join(w.describe() for w in workers)
             ),
         )
