@@ -175,6 +175,25 @@ class WorkerCollector(Collector):
         for topic, count in sorted(self.ingestor.undelivered.items()):
             undelivered.add_metric([topic], count)
         yield undelivered
+        holes = self.worker.app.fetch_holes
+        seen = CounterMetricFamily(
+            "cpimon_fetch_holes",
+            "Fetches of the worker's own topics that skipped offsets the broker had not made "
+            "readable yet; each hole was fetched again",
+            labels=["topic"],
+        )
+        for topic, count in sorted(holes.seen.items()):
+            seen.add_metric([topic], count)
+        yield seen
+        skipped = CounterMetricFamily(
+            "cpimon_offsets_skipped",
+            "Offsets of the worker's own topics still missing after fetching them again for "
+            "HOLE_PATIENCE seconds, and skipped",
+            labels=["topic"],
+        )
+        for topic, count in sorted(holes.skipped.items()):
+            skipped.add_metric([topic], count)
+        yield skipped
         yield CounterMetricFamily(
             "cpimon_observations_applied",
             "Observations this worker applied to its windows",

@@ -26,9 +26,9 @@ KPIs the CPI is confirmed to move (``cpimon_link_confirmed == 1``), with
 Prometheus template queries.
 
 Pipeline alerts (owner ``platform`` unless told otherwise): ``CpimonWorkerDown``,
-``CpimonEventsRejected``, ``CpimonEventDelayHigh``.  The Alertmanager config
-routes each ``owner`` to its own webhook receiver and mutes the CPI alerts while
-a worker is down (their values are then frozen or missing, not wrong).
+``CpimonEventsRejected``, ``CpimonEventDelayHigh``, ``CpimonOffsetsSkipped``.  The
+Alertmanager config routes each ``owner`` to its own webhook receiver and mutes the
+CPI alerts while a worker is down (their values are then frozen or missing, not wrong).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from models.spec import Catalog, Indicator
+from streams.transport import HOLE_PATIENCE
 
 __all__ = [
     "ALERTMANAGER_FILE",
@@ -323,6 +324,21 @@ def _pipeline_rules(platform_owner: str) -> list[dict[str, Any]]:
                 "Check the consumer lag, the worker's CPU, and the producers' clocks.",
                 "summary": "cpimon worker {{ $labels.instance }} processes events "
                 "{{ $value | humanizeDuration }} late",
+            },
+        },
+        {
+            "alert": "CpimonOffsetsSkipped",
+            "expr": f"increase({_selector('cpimon_offsets_skipped_total')}[15m]) > 0",
+            "labels": {**labels, "severity": "ticket"},
+            "annotations": {
+                "description": "{{ $labels.instance }} skipped {{ $value | humanize }} offsets "
+                "of {{ $labels.topic }} in the last 15m: the broker returned later records but "
+                "never those, though the worker fetched them again for "
+                f"{prometheus_duration(HOLE_PATIENCE)}. The counts of the "
+                "series in those records are short. Check the broker's logs, and that the "
+                "topic is neither compacted nor written in transactions.",
+                "summary": "cpimon worker {{ $labels.instance }} skipped records of "
+                "{{ $labels.topic }}",
             },
         },
     ]

@@ -11,7 +11,7 @@ import faust
 from faust.types import ConsumerT, TopicT, TransportT
 
 from streams.settings import Settings
-from streams.transport import BATCH_CODEC, BatchConsumer, BatchTransport
+from streams.transport import BATCH_CODEC, BatchConsumer, BatchTransport, FetchHoles
 
 
 class CpimonApp(faust.App):
@@ -22,6 +22,8 @@ class CpimonApp(faust.App):
     before_wait_empty: Callable[[], Awaitable[None]] | None = None
     #: Seconds a broker may hold a fetch without data (Settings.fetch_max_wait).
     fetch_max_wait: float = Settings.fetch_max_wait
+    #: Holes the consumer met in the worker's own topics (see streams/transport.py).
+    fetch_holes: FetchHoles
 
     def _new_transport(self) -> TransportT:
         return BatchTransport(self.conf.broker_consumer, self)
@@ -92,6 +94,7 @@ def create_app(settings: Settings) -> tuple[CpimonApp, Topics]:
         loghandlers=[],
     )
     app.fetch_max_wait = settings.fetch_max_wait
+    app.fetch_holes = FetchHoles()
     topics = Topics(
         events=app.topic(settings.events_topic, value_serializer=BATCH_CODEC),
         kpis=app.topic(settings.kpi_topic, value_serializer=BATCH_CODEC),
@@ -136,5 +139,7 @@ def create_app(settings: Settings) -> tuple[CpimonApp, Topics]:
             settings.windows_topic,
         }
     )
+    # Written by workers only, never in transactions nor compacted: no offset is empty.
+    BatchConsumer.contiguous_topics.update({settings.observations_topic, settings.windows_topic})
     logging.getLogger("faust").setLevel(settings.log_level.upper())
     return app, topics

@@ -12,13 +12,25 @@ Commit bookkeeping: the batch's Faust message carries the offset of its last
 record; the offsets before it are registered as a gap, which Faust's own
 commit logic fills when that message is acked.  So an offset is committed
 only once the agent has finished the batch holding it.
+
+Holes: in the topics named in :attr:`BatchConsumer.contiguous_topics` (the
+worker's own, never compacted nor written in transactions) every offset holds a
+record, so a fetch that skips offsets means the broker returned newer records
+before older ones were readable (the Tansu test broker does this under
+concurrent producers; Kafka never does).  Taken as is, the skipped records would
+be committed past and lost.  The consumer instead fetches again from the first
+missing offset, and gives a hole up (logged, counted) only after
+:data:`HOLE_PATIENCE` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from faust.serializers import codecs
@@ -29,6 +41,65 @@ from faust.types.tuples import ack_lock
 from mode import ServiceT
 
 BATCH_CODEC = "cpimon-batch"
+
+#: Seconds a hole in a contiguous topic is fetched again before it is given up.
+HOLE_PATIENCE = 10.0
+#: The clock of that patience.
+hole_clock = time.monotonic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FetchHoles:
+    """Holes met in contiguous topics, by topic (exported by the worker)."""
+
+    #: Holes found, each fetched again from its first missing offset.
+    seen: dict[str, int] = field(default_factory=dict)
+    #: Offsets given up after :data:`HOLE_PATIENCE` seconds of fetching them again.
+    skipped: dict[str, int] = field(default_factory=dict)
+    #: Partition → (first missing offset, when first seen, fetches since).
+    open: dict[TP, tuple[int, float, int]] = field(default_factory=dict)
+
+    def meet(self, tp: TP, missing: int, now: float) -> tuple[bool, int]:
+        """A hole at ``missing``: (whether to give it up now, fetches of it so far)."""
+        known = self.open.get(tp)
+        if known is None or known[0] != missing:
+            self.open[tp] = (missing, now, 1)
+            self.seen[tp.topic] = self.seen.get(tp.topic, 0) + 1
+            return False, 1
+        _missing, since, fetches = known
+        self.open[tp] = (missing, since, fetches + 1)
+        return now - since >= HOLE_PATIENCE, fetches + 1
+
+    def give_up(self, tp: TP, count: int) -> None:
+        self.open.pop(tp, None)
+        self.skipped[tp.topic] = self.skipped.get(tp.topic, 0) + count
+
+
+def contiguous_prefix(
+    records: Sequence[Any], expected: int | None
+) -> tuple[Sequence[Any], int | None]:
+    """The records that follow ``expected`` (the next offset to read, None if unknown)
+    without a missing offset, and the first missing offset (None if there is none).
+
+    >>> from types import SimpleNamespace as R
+    >>> batch = [R(offset=o) for o in (5, 6, 8)]
+    >>> prefix, missing = contiguous_prefix(batch, 5)
+    >>> [r.offset for r in prefix], missing
+    ([5, 6], 7)
+    >>> contiguous_prefix(batch, 4)[1]
+    4
+    """
+    first = records[0].offset
+    if expected is not None and first > expected:
+        return records[:0], expected
+    if records[-1].offset - first + 1 == len(records):
+        return records, None
+    for index, record in enumerate(records):
+        if record.offset != first + index:
+            return records[:index], first + index
+    return records, None
 
 
 class RecordBatch:
@@ -131,8 +202,83 @@ class BatchConsumer(aiokafka_driver.Consumer):
 
     #: Topics delivered as RecordBatch values; filled by the app before start.
     batch_topics: ClassVar[set[str]] = set()
+    #: Topics in which every offset holds a record (see the module's "Holes").
+    contiguous_topics: ClassVar[set[str]] = set()
     #: Acks of messages from an earlier generation, not counted (see :meth:`ack`).
     stale_acks_ignored: int = 0
+    #: Next offset to read of each contiguous-topic partition, where known.
+    _expected: dict[TP, int]
+
+    @property
+    def holes(self) -> FetchHoles:
+        """The app's hole counters (kept by the app, which outlives its consumers)."""
+        holes: FetchHoles | None = getattr(self.app, "fetch_holes", None)
+        if holes is None:
+            holes = FetchHoles()
+            setattr(self.app, "fetch_holes", holes)  # noqa: B010 - AppT does not declare it
+        return holes
+
+    async def perform_seek(self) -> None:
+        """Faust's seek to the committed offsets, which are also the offsets to read next."""
+        await super().perform_seek()
+        self._expected = {
+            tp: offset
+            for tp, offset in self._committed_offset.items()
+            if offset is not None and tp.topic in self.contiguous_topics
+        }
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        await super().seek(partition, offset)
+        self._expected_offsets()[partition] = offset
+
+    def _expected_offsets(self) -> dict[TP, int]:
+        try:
+            return self._expected
+        except AttributeError:
+            self._expected = {}
+            return self._expected
+
+    async def _without_holes(self, tp: TP, records: list[Any]) -> list[Any]:
+        """The records of a contiguous topic that may be delivered now: all of them, or
+        those before a hole, after a seek that fetches the hole again."""
+        expected = self._expected_offsets()
+        prefix, missing = contiguous_prefix(records, expected.get(tp))
+        if missing is None:
+            self.holes.open.pop(tp, None)
+            expected[tp] = records[-1].offset + 1
+            return records
+        following = records[len(prefix)].offset if len(prefix) < len(records) else missing
+        give_up, fetches = self.holes.meet(tp, missing, hole_clock())
+        if give_up:
+            log.error(
+                "%s[%d]: offsets %d-%d are still missing after %.0f s of fetching them again; "
+                "they are skipped (cpimon_offsets_skipped_total). Check the broker: this "
+                "topic is written without transactions and must not be compacted.",
+                tp.topic,
+                tp.partition,
+                missing,
+                following - 1,
+                HOLE_PATIENCE,
+            )
+            self.holes.give_up(tp, following - missing)
+            expected[tp] = records[-1].offset + 1
+            return records
+        if fetches == 1:
+            log.warning(
+                "%s[%d]: the broker returned offset %d before %d-%d were readable; "
+                "fetching them again",
+                tp.topic,
+                tp.partition,
+                following,
+                missing,
+                following - 1,
+            )
+        else:
+            # The same hole again: the broker has not made it readable yet.
+            await asyncio.sleep(min(0.01 * fetches, 0.5))
+        await self._seek(tp, missing)
+        expected[tp] = missing
+        return list(prefix)
 
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -170,6 +316,7 @@ class BatchConsumer(aiokafka_driver.Consumer):
         set_read_offset = self._read_offset.__setitem__
         acks_enabled_for = self.app.topics.acks_enabled_for
         batch_topics = self.batch_topics
+        contiguous_topics = self.contiguous_topics
         tune_gc_for_batches()
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -202,6 +349,10 @@ class BatchConsumer(aiokafka_driver.Consumer):
                         tp_records = [r for r in tp_records if r.offset >= read_offset]
                     if not tp_records:
                         continue
+                    if tp.topic in contiguous_topics:
+                        tp_records = await self._without_holes(tp, tp_records)
+                        if not tp_records:
+                            continue
                     if tp.topic in batch_topics:
                         delivered = await self._deliver_batch(
                             tp, tp_records, read_offset, callback, generation_id

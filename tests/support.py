@@ -70,6 +70,8 @@ DIAGNOSTIC_COUNTERS = (
     "cpimon_events_late_total",
     "cpimon_events_unmeasurable_total",
     "cpimon_records_undelivered_total",
+    "cpimon_fetch_holes_total",
+    "cpimon_offsets_skipped_total",
 )
 
 

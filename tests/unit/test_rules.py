@@ -203,7 +203,12 @@ def test_cpi_alerts_name_the_confirmed_kpis(example: Catalog) -> None:
 
 def test_pipeline_alerts_go_to_the_platform_owner(example: Catalog) -> None:
     document = render_rules(example, platform_owner="sre")
-    for name in ("CpimonWorkerDown", "CpimonEventsRejected", "CpimonEventDelayHigh"):
+    for name in (
+        "CpimonWorkerDown",
+        "CpimonEventsRejected",
+        "CpimonEventDelayHigh",
+        "CpimonOffsetsSkipped",
+    ):
         [alert] = alerts_of(document, name).values()
         assert alert["labels"]["owner"] == "sre"
 

@@ -1,26 +1,30 @@
-"""BatchConsumer's commit bookkeeping across rebalances, on Faust's own structures.
+"""BatchConsumer's commit bookkeeping across rebalances and its handling of holes in
+its own topics, on Faust's own structures.
 
 The consumer is built by a real app but never started: these tests drive the
-methods that decide what may be committed, with the group generation moved by hand
-where a rebalance would move it.
+methods that decide what may be delivered and committed, with the group generation
+moved by hand where a rebalance would move it, and seeks recorded instead of sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from faust.types import TP
 
+from streams import transport
 from streams.app import CpimonApp, create_app
 from streams.settings import Settings
-from streams.transport import BatchConsumer
+from streams.transport import HOLE_PATIENCE, BatchConsumer, FetchHoles
 
 EVENTS = "events-under-test"
 TP0 = TP(EVENTS, 0)
+OBSERVATIONS = "observations-under-test"
+OBS1 = TP(OBSERVATIONS, 1)
 
 
 @pytest.fixture
@@ -35,7 +39,9 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 @pytest.fixture
 def app(loop: asyncio.AbstractEventLoop) -> Iterator[CpimonApp]:
-    app, _topics = create_app(Settings(app_id="transport-test", events_topic=EVENTS))
+    app, _topics = create_app(
+        Settings(app_id="transport-test", events_topic=EVENTS, observations_topic=OBSERVATIONS)
+    )
     app.consumer_generation_id = 4
     # What subscribing an acking agent to the topic does when the app starts.
     app.topics.acking_topics.add(EVENTS)
@@ -52,6 +58,10 @@ def consumer_of(app: CpimonApp) -> BatchConsumer:
 
 
 def records(first: int, last: int) -> list[Any]:
+    return at_offsets(range(first, last + 1))
+
+
+def at_offsets(offsets: Iterable[int]) -> list[Any]:
     return [
         SimpleNamespace(
             offset=offset,
@@ -60,8 +70,20 @@ def records(first: int, last: int) -> list[Any]:
             serialized_value_size=10,
             value=b"{}",
         )
-        for offset in range(first, last + 1)
+        for offset in offsets
     ]
+
+
+@pytest.fixture
+def seeks(app: CpimonApp, monkeypatch: pytest.MonkeyPatch) -> list[tuple[TP, int]]:
+    """The seeks the consumer makes, recorded instead of sent to its (unstarted) thread."""
+    made: list[tuple[TP, int]] = []
+
+    async def record_seek(tp: TP, offset: int) -> None:
+        made.append((tp, offset))
+
+    monkeypatch.setattr(consumer_of(app), "_seek", record_seek)
+    return made
 
 
 def test_an_ack_of_the_current_generation_counts(app: CpimonApp) -> None:
@@ -134,3 +156,64 @@ def test_a_batch_of_the_current_generation_is_delivered_with_its_gap(
     assert len(delivered[0].value) == 21
     assert consumer.ack(delivered[0])
     assert consumer._new_offset(TP0) == 121
+
+
+def test_the_worker_s_own_topics_are_the_contiguous_ones(app: CpimonApp) -> None:
+    assert OBSERVATIONS in BatchConsumer.contiguous_topics
+    assert EVENTS not in BatchConsumer.contiguous_topics  # producers may use transactions
+
+
+def test_records_before_a_hole_are_delivered_and_the_hole_is_fetched_again(
+    app: CpimonApp, loop: asyncio.AbstractEventLoop, seeks: list[tuple[TP, int]]
+) -> None:
+    consumer = consumer_of(app)
+    consumer._expected = {OBS1: 10}
+    deliverable = loop.run_until_complete(consumer._without_holes(OBS1, at_offsets([10, 11, 14])))
+    assert [r.offset for r in deliverable] == [10, 11]
+    assert seeks == [(OBS1, 12)]
+    assert app.fetch_holes.seen == {OBSERVATIONS: 1}
+    # The fetch from 12 finds the records the broker has made readable since.
+    deliverable = loop.run_until_complete(consumer._without_holes(OBS1, records(12, 15)))
+    assert [r.offset for r in deliverable] == [12, 13, 14, 15]
+    assert consumer._expected[OBS1] == 16
+    assert not app.fetch_holes.open and not app.fetch_holes.skipped
+
+
+def test_a_fetch_starting_after_the_committed_offset_is_not_delivered(
+    app: CpimonApp, loop: asyncio.AbstractEventLoop, seeks: list[tuple[TP, int]]
+) -> None:
+    consumer = consumer_of(app)
+    consumer._expected = {OBS1: 100}  # what the seek to the committed offsets sets
+    assert loop.run_until_complete(consumer._without_holes(OBS1, records(103, 110))) == []
+    assert seeks == [(OBS1, 100)]
+
+
+def test_a_hole_that_stays_is_given_up_after_the_patience_and_counted(
+    app: CpimonApp,
+    loop: asyncio.AbstractEventLoop,
+    seeks: list[tuple[TP, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    consumer = consumer_of(app)
+    consumer._expected = {OBS1: 10}
+    clock = [1_000.0]
+    monkeypatch.setattr(transport, "hole_clock", lambda: clock[0])
+    fetch = at_offsets([10, 13, 14])
+    assert len(loop.run_until_complete(consumer._without_holes(OBS1, fetch))) == 1
+    clock[0] += HOLE_PATIENCE / 2
+    assert len(loop.run_until_complete(consumer._without_holes(OBS1, fetch[1:]))) == 0
+    assert app.fetch_holes.seen == {OBSERVATIONS: 1}  # one hole, fetched twice
+    clock[0] += HOLE_PATIENCE / 2
+    deliverable = loop.run_until_complete(consumer._without_holes(OBS1, fetch[1:]))
+    assert [r.offset for r in deliverable] == [13, 14]
+    assert app.fetch_holes.skipped == {OBSERVATIONS: 2}  # offsets 11 and 12
+    assert seeks == [(OBS1, 11), (OBS1, 11)]
+    assert consumer._expected[OBS1] == 15
+
+
+def test_a_new_hole_restarts_the_patience() -> None:
+    holes = FetchHoles()
+    assert holes.meet(OBS1, 11, now=0.0) == (False, 1)
+    assert holes.meet(OBS1, 11, now=HOLE_PATIENCE - 1) == (False, 2)
+    assert holes.meet(OBS1, 20, now=HOLE_PATIENCE + 5) == (False, 1)
+    assert holes.seen == {OBSERVATIONS: 2}
