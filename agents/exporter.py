@@ -175,7 +175,7 @@ class WorkerCollector(Collector):
         for topic, count in sorted(self.ingestor.undelivered.items()):
             undelivered.add_metric([topic], count)
         yield undelivered
-        holes = self.worker.app.fetch_holes
+        holes = self.worker.fetch_holes
         seen = CounterMetricFamily(
             "cpimon_fetch_holes",
             "Fetches of the worker's own topics that skipped offsets the broker had not made "

@@ -40,7 +40,7 @@ from models.spec import Catalog, Indicator
 from streams.app import CpimonApp, Topics, create_app
 from streams.checkpoints import CheckpointStore
 from streams.settings import Settings
-from streams.transport import RecordBatch
+from streams.transport import FetchHoles, RecordBatch
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ class Worker:
     link_checkpointer: Checkpointer
     broker: BrokerProbe
     registry: CollectorRegistry
+    #: Holes the consumer met in the worker's own topics (kept by the app).
+    fetch_holes: FetchHoles
 
 
 def all_segments_views(catalog: Catalog) -> list[Indicator]:
@@ -114,6 +116,7 @@ def build_worker(
         link_checkpointer=checkpointer(topics.link_checkpoints, links),
         broker=BrokerProbe(settings.bootstrap_servers, client_options),
         registry=registry,
+        fetch_holes=app.fetch_holes,
     )
     registry.register(WorkerCollector(worker))
     _wire_ingest(worker)

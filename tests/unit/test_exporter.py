@@ -12,6 +12,7 @@ from typing import Any, cast
 import numpy as np
 import orjson
 import pytest
+from faust.types import TP
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from river import stats
@@ -24,6 +25,7 @@ from models.catalog import load_catalog
 from models.routing import Router, split_series_key
 from models.spec import Catalog, Indicator
 from streams.simulator import JourneySimulator
+from streams.transport import FetchHoles
 from tests.reference import event_time, value_of, windows_by_segment
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "catalog.example.yaml"
@@ -59,6 +61,7 @@ class Worker:
     )
     #: No links partition owned: the collector exposes no link metrics.
     links: Any = field(default_factory=lambda: SimpleNamespace(current=lambda: None))
+    fetch_holes: FetchHoles = field(default_factory=FetchHoles)
     #: Every accepted event and the processing time it was ingested at.
     accepted: list[tuple[dict[str, Any], float]] = field(default_factory=list)
     records: int = 0
@@ -326,6 +329,21 @@ def test_consumed_and_rejected(fed: tuple[Worker, list[dict[str, Any]]]) -> None
     assert worker.value("cpimon_observations_routed_total") == worker.ingestor.routed
     assert worker.value("cpimon_observations_applied_total") == worker.ingestor.routed
     assert worker.ingestor.routed > len(events)
+
+
+def test_fetch_holes_and_skipped_offsets_are_counted_per_topic() -> None:
+    worker = Worker()
+    assert worker.samples("cpimon_fetch_holes_total") == {}
+    assert worker.samples("cpimon_offsets_skipped_total") == {}
+    worker.fetch_holes.meet(TP("observations", 1), 40, now=0.0)
+    worker.fetch_holes.meet(TP("observations", 1), 40, now=1.0)  # the same hole again
+    worker.fetch_holes.meet(TP("windows", 0), 7, now=2.0)
+    worker.fetch_holes.give_up(TP("windows", 0), 3)
+    assert worker.value("cpimon_fetch_holes_total", topic="observations") == 1
+    assert worker.value("cpimon_fetch_holes_total", topic="windows") == 1
+    assert worker.samples("cpimon_offsets_skipped_total") == {
+        frozenset({"topic": "windows"}.items()): 3.0
+    }
 
 
 def test_unmeasurable_and_folded_counters(fed: tuple[Worker, list[dict[str, Any]]]) -> None:
