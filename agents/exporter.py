@@ -8,7 +8,7 @@ exposed as NaN.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
@@ -33,6 +33,13 @@ def _identity_labels(indicator: Indicator) -> dict[str, str]:
     if indicator.kind == "cpi":
         labels["journey_step"] = indicator.journey_step
     return labels
+
+
+def _by_topic(name: str, documentation: str, counts: Mapping[str, int]) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=["topic"])
+    for topic, count in sorted(counts.items()):
+        family.add_metric([topic], count)
+    return family
 
 
 class WorkerCollector(Collector):
@@ -166,34 +173,25 @@ class WorkerCollector(Collector):
             "Observations this worker sent to the observations topic",
             value=self.ingestor.routed,
         )
-        undelivered = CounterMetricFamily(
+        yield _by_topic(
             "cpimon_records_undelivered",
             "Sends of records (observations, dead letters) the broker did not store; each "
             "is sent again",
-            labels=["topic"],
+            self.ingestor.undelivered,
         )
-        for topic, count in sorted(self.ingestor.undelivered.items()):
-            undelivered.add_metric([topic], count)
-        yield undelivered
         holes = self.worker.fetch_holes
-        seen = CounterMetricFamily(
+        yield _by_topic(
             "cpimon_fetch_holes",
             "Fetches of the worker's own topics that skipped offsets the broker had not made "
             "readable yet; each hole was fetched again",
-            labels=["topic"],
+            holes.seen,
         )
-        for topic, count in sorted(holes.seen.items()):
-            seen.add_metric([topic], count)
-        yield seen
-        skipped = CounterMetricFamily(
+        yield _by_topic(
             "cpimon_offsets_skipped",
             "Offsets of the worker's own topics still missing after fetching them again for "
             "HOLE_PATIENCE seconds, and skipped",
-            labels=["topic"],
+            holes.skipped,
         )
-        for topic, count in sorted(holes.skipped.items()):
-            skipped.add_metric([topic], count)
-        yield skipped
         yield CounterMetricFamily(
             "cpimon_observations_applied",
             "Observations this worker applied to its windows",
