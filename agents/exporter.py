@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from models.routing import split_series_key
 from models.spec import Indicator
+from streams.transport import HOLE_PATIENCE
 
 if TYPE_CHECKING:
     from agents.worker import Worker
@@ -189,7 +190,7 @@ class WorkerCollector(Collector):
         yield _by_topic(
             "cpimon_offsets_skipped",
             "Offsets of the worker's own topics still missing after fetching them again for "
-            "HOLE_PATIENCE seconds, and skipped",
+            f"{HOLE_PATIENCE:g} s, and skipped",
             holes.skipped,
         )
         yield CounterMetricFamily(

@@ -209,13 +209,14 @@ class BatchConsumer(aiokafka_driver.Consumer):
     #: Next offset to read of each contiguous-topic partition, where known.
     _expected: dict[TP, int]
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._expected = {}
+
     @property
     def holes(self) -> FetchHoles:
-        """The app's hole counters (kept by the app, which outlives its consumers)."""
-        holes: FetchHoles | None = getattr(self.app, "fetch_holes", None)
-        if holes is None:
-            holes = FetchHoles()
-            setattr(self.app, "fetch_holes", holes)  # noqa: B010 - AppT does not declare it
+        """The app's hole counters (a CpimonApp's: it outlives its consumers)."""
+        holes: FetchHoles = self.app.fetch_holes  # type: ignore[attr-defined]
         return holes
 
     async def perform_seek(self) -> None:
@@ -229,19 +230,12 @@ class BatchConsumer(aiokafka_driver.Consumer):
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
-        self._expected_offsets()[partition] = offset
-
-    def _expected_offsets(self) -> dict[TP, int]:
-        try:
-            return self._expected
-        except AttributeError:
-            self._expected = {}
-            return self._expected
+        self._expected[partition] = offset
 
     async def _without_holes(self, tp: TP, records: list[Any]) -> list[Any]:
         """The records of a contiguous topic that may be delivered now: all of them, or
         those before a hole, after a seek that fetches the hole again."""
-        expected = self._expected_offsets()
+        expected = self._expected
         prefix, missing = contiguous_prefix(records, expected.get(tp))
         if missing is None:
             self.holes.open.pop(tp, None)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer
 
 from agents.pipeline import Aggregator
 from models import state
@@ -23,17 +22,7 @@ from models.aggregation import PartitionSeries
 from models.spec import Catalog
 from streams.checkpoints import ID_HEADER
 from streams.observations import decode_observations
-
-
-def topic_records(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of ``topic`` (kafka-python ConsumerRecords), partition by partition
-    in offset order, read until 5 s pass without one."""
-    consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5_000
-    )
-    records = list(consumer)
-    consumer.close()
-    return sorted(records, key=lambda record: (record.partition, record.offset))
+from tests.support import topic_records
 
 
 def _checkpoints(records: list[Any]) -> list[dict[str, Any]]:
@@ -69,14 +58,20 @@ def _checkpoints(records: list[Any]) -> list[dict[str, Any]]:
 def observation_history(
     bootstrap: str, catalog: Catalog, observations_topic: str, checkpoint_topic: str, path: Path
 ) -> str:
-    """Write the records of both topics to ``path``; return what replaying the
-    observations topic from scratch counts, for a failure message."""
+    """Write the records of both topics to ``path``; return, for a failure message, how
+    many distinct observations stage 1 wrote and what replaying them from scratch counts."""
     records = topic_records(bootstrap, observations_topic)
     aggregator = Aggregator(catalog)
     lines = []
+    # (input topic, input partition, input offset, series): whether stage 1 wrote them all.
+    distinct: set[tuple[str, int, int, str]] = set()
     for record in records:
         decoded = decode_observations(record.value)
         aggregator.process(record.partition, [record], time.time())
+        for group in decoded.groups:
+            distinct.update(
+                (decoded.topic, decoded.partition, offset, group.key) for offset in group.offsets
+            )
         lines.append(
             {
                 "partition": record.partition,
@@ -94,17 +89,13 @@ def observation_history(
             out.write(orjson.dumps({"observation": line}) + b"\n")
         for entry in checkpoints:
             out.write(orjson.dumps({"checkpoint": entry}) + b"\n")
-    counted = sum(
-        series.events_total
-        for owned in aggregator.partitions.values()
-        for series in owned.series.values()
-    )
-    late = sum(
-        series.late_total
-        for owned in aggregator.partitions.values()
-        for series in owned.series.values()
-    )
+    every_series = [
+        series for owned in aggregator.partitions.values() for series in owned.series.values()
+    ]
+    counted = sum(series.events_total for series in every_series)
+    late = sum(series.late_total for series in every_series)
     return (
-        f"replayed from scratch, the observations topic counts {counted} ({late} late); "
+        f"the observations topic holds {len(distinct)} distinct observations; replayed from "
+        f"scratch, it counts {counted} ({late} late); "
         f"its {len(records)} records and {len(checkpoints)} checkpoints are in {path}"
     )

@@ -158,15 +158,20 @@ def worker_process(
         stop_process(process)
 
 
-def topic_values(bootstrap: str, topic: str) -> list[bytes]:
-    """The value of every record in ``topic``, read straight from the broker (until 5 s
-    pass without one)."""
+def topic_records(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of ``topic`` (kafka-python ConsumerRecords), read straight from the
+    broker until 5 s pass without one, partition by partition in offset order."""
     consumer = KafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5_000
     )
-    values = [record.value for record in consumer]
+    records = list(consumer)
     consumer.close()
-    return values
+    return sorted(records, key=lambda record: (record.partition, record.offset))
+
+
+def topic_values(bootstrap: str, topic: str) -> list[bytes]:
+    """The value of every record in ``topic``."""
+    return [record.value for record in topic_records(bootstrap, topic)]
 
 
 def message_ids(bootstrap: str, topic: str) -> list[str]:

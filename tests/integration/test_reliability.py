@@ -20,7 +20,6 @@ from kafka import KafkaProducer
 from agents.demo import Sample
 from models.catalog import load_catalog
 from streams.broker import EmbeddedBroker
-from streams.observations import decode_observations
 from streams.simulator import JourneySimulator
 from tests.forensics import observation_history
 from tests.reference import (
@@ -32,7 +31,6 @@ from tests.support import (
     EXAMPLE_CATALOG,
     WorkerProcess,
     message_ids,
-    topic_values,
     unstored_records,
     wait_for,
     worker_process,
@@ -67,17 +65,6 @@ def produce_steadily(
             time.sleep(ahead)
     producer.flush()
     producer.close()
-
-
-def observations_in_topic(bootstrap: str, topic: str) -> int:
-    """Distinct observations (input partition, input offset, series) stored in ``topic``:
-    says, when a count is short, whether stage 1 never wrote them or stage 2 missed them."""
-    seen: set[tuple[str, int, int, str]] = set()
-    for value in topic_values(bootstrap, topic):
-        decoded = decode_observations(value)
-        for key, _times, _values, offsets in decoded.groups:
-            seen.update((decoded.topic, decoded.partition, offset, key) for offset in offsets)
-    return len(seen)
 
 
 def series_samples(workers: list[WorkerProcess]) -> dict[str, list[Sample]]:
@@ -158,8 +145,6 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(
             describe=lambda: (
                 f"counted {counted()}; series off: "
                 f"{count_differences(catalog, stored, [s for w in workers for s in w.samples()])}; "
-                "in the observations topic "
-                f"{observations_in_topic(broker.bootstrap, env['CPIMON_OBSERVATIONS_TOPIC'])}; "
                 + observation_history(
                     broker.bootstrap,
                     catalog,

@@ -644,10 +644,7 @@ def test_a_side_far_ahead_gives_the_pairs_and_confirmation_of_a_link_fed_in_step
         return LinkTracker(W, max_lag=5, history=20, min_windows=30)
 
     in_step = tracker()
-    for t in range(90):
-        in_step.add_cpi(W * t, cpi[t])
-        if t in kpi:
-            in_step.add_kpi(W * t, kpi[t])
+    _feed(in_step, cpi, kpi)
     apart = tracker()
     sides = [(apart.add_cpi, cpi), (apart.add_kpi, kpi)]
     for add, values in sides if first == "cpi" else sides[::-1]:
@@ -709,10 +706,7 @@ def test_pickle_round_trip_keeps_state() -> None:
 def test_a_checkpoint_from_before_max_skew_restores_with_its_default() -> None:
     cpi, kpi = _lagged(seed=14, windows=40, lag=1, beta=1.0, noise=1.0)
     tracker = LinkTracker(W, max_lag=2, history=10, min_windows=5)
-    for t in range(40):
-        tracker.add_cpi(W * t, cpi[t])
-        if t in kpi:
-            tracker.add_kpi(W * t, kpi[t])
+    _feed(tracker, cpi, kpi)
     _, slots = tracker.__getstate__()  # type: ignore[misc]
     del slots["max_skew"]
     old = LinkTracker.__new__(LinkTracker)
