@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from agents.pipeline import Ingestor, IngestResult
+from agents.pipeline import Ingestor, IngestResult, RoutedBatch
 from models.errors import EventRejected
 from models.routing import Router
 from models.spec import Catalog, Indicator
@@ -42,6 +42,11 @@ class KpiIngestor:
     def process(
         self, topic: str, partition: int, partitions: int, records: Sequence[Any], now: float
     ) -> IngestResult:
+        return self.ingestor.finish(self.route(topic, partition, partitions, records, now))
+
+    def route(
+        self, topic: str, partition: int, partitions: int, records: Sequence[Any], now: float
+    ) -> RoutedBatch:
         ingestor = self.ingestor
         by_key: dict[str, list[tuple[float, float, int]]] = {}
         dead_letters = []
@@ -75,6 +80,4 @@ class KpiIngestor:
         for letter in dead_letters:
             reason = (topic, letter.reason)
             ingestor.rejected[reason] = ingestor.rejected.get(reason, 0) + 1
-        last_offset = records[-1].offset if records else -1
-        encoded = ingestor.encode(topic, partition, partitions, newest, last_offset, by_key)
-        return IngestResult(encoded, dead_letters, len(records) - len(dead_letters))
+        return RoutedBatch.of((topic, partition, partitions), records, newest, by_key, dead_letters)

@@ -25,7 +25,7 @@ from models.routing import Router
 from models.spec import Catalog
 from streams.codec import decode_event
 from streams.deadletter import DeadLetter
-from streams.observations import decode_observations, encode_observations
+from streams.observations import decode_observation_records, encode_observations
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,83 @@ class IngestResult:
     records: dict[int, bytes]
     dead_letters: list[DeadLetter]
     accepted: int
+
+
+@dataclass
+class RoutedBatch:
+    """The observations routed from consecutive input batches of one source partition,
+    not yet encoded: later batches of the same source can still be merged in
+    (:meth:`absorb`) and sent as one record per observation partition."""
+
+    topic: str
+    partition: int
+    #: Partition count of ``topic``.
+    partitions: int
+    #: Newest event time among the accepted events (None: none accepted).
+    newest: float | None
+    last_offset: int
+    #: Series key → its (event time, value, input offset) observations, in input order.
+    by_key: dict[str, list[tuple[float, float, int]]]
+    dead_letters: list[DeadLetter]
+    accepted: int
+    #: Input records the batches held.
+    size: int
+
+    @classmethod
+    def of(
+        cls,
+        source: tuple[str, int, int],
+        records: Sequence[Any],
+        newest: float | None,
+        by_key: dict[str, list[tuple[float, float, int]]],
+        dead_letters: list[DeadLetter],
+        duplicates: int = 0,
+    ) -> RoutedBatch:
+        """What the input ``records`` of ``source`` (topic, partition, partition count)
+        routed; the records neither dead-lettered nor duplicates count as accepted."""
+        topic, partition, partitions = source
+        last_offset = records[-1].offset if records else -1
+        accepted = len(records) - len(dead_letters) - duplicates
+        return cls(
+            topic,
+            partition,
+            partitions,
+            newest,
+            last_offset,
+            by_key,
+            dead_letters,
+            accepted,
+            len(records),
+        )
+
+    def absorb(self, later: RoutedBatch) -> None:
+        """Append the next batch of the same source partition, as if it had been fetched
+        with this one: every series keeps its input order.
+
+        >>> first = RoutedBatch("events", 0, 1, 5.0, 7, {"k": [(5.0, 1.0, 7)]}, [], 1, 1)
+        >>> first.absorb(RoutedBatch("events", 0, 1, 4.0, 9, {"k": [(4.0, 0.0, 9)]}, [], 1, 2))
+        >>> first.by_key, first.newest, first.last_offset, first.size
+        ({'k': [(5.0, 1.0, 7), (4.0, 0.0, 9)]}, 5.0, 9, 3)
+        """
+        if (later.topic, later.partition) != (self.topic, self.partition):
+            raise ValueError(
+                f"cannot merge {later.topic}[{later.partition}] into "
+                f"{self.topic}[{self.partition}]: one source partition per record"
+            )
+        by_key = self.by_key
+        for key, observations in later.by_key.items():
+            held = by_key.get(key)
+            if held is None:
+                by_key[key] = observations
+            else:
+                held.extend(observations)
+        if later.newest is not None and (self.newest is None or later.newest > self.newest):
+            self.newest = later.newest
+        if later.size:
+            self.last_offset = later.last_offset
+        self.dead_letters.extend(later.dead_letters)
+        self.accepted += later.accepted
+        self.size += later.size
 
 
 @dataclass
@@ -83,12 +160,35 @@ class Ingestor:
         records: Sequence[Any],
         now: float,
     ) -> IngestResult:
-        """Decode and route one batch of records (aiokafka ConsumerRecord-like).
+        """Decode, route and encode one batch of records (aiokafka ConsumerRecord-like).
 
         ``partitions`` is the partition count of ``topic``.  Every observation
         partition gets a record, empty or not, so that each learns how far this
         source has progressed in event time (see :class:`models.aggregation.SourceClock`).
         """
+        return self.finish(self.route(topic, partition, partitions, records, now))
+
+    def finish(self, routed: RoutedBatch) -> IngestResult:
+        """The records to send for ``routed``: one per observation partition."""
+        encoded = self.encode(
+            routed.topic,
+            routed.partition,
+            routed.partitions,
+            routed.newest,
+            routed.last_offset,
+            routed.by_key,
+        )
+        return IngestResult(encoded, routed.dead_letters, routed.accepted)
+
+    def route(
+        self,
+        topic: str,
+        partition: int,
+        partitions: int,
+        records: Sequence[Any],
+        now: float,
+    ) -> RoutedBatch:
+        """Decode, validate, dedupe and route one batch; the counters move now."""
         # Series key → its (event time, value, input offset) observations, in input order.
         by_key: dict[str, list[tuple[float, float, int]]] = {}
         group_of = by_key.get
@@ -138,11 +238,10 @@ class Ingestor:
         for letter in dead_letters:
             counter_key = (topic, letter.reason)
             self.rejected[counter_key] = self.rejected.get(counter_key, 0) + 1
-        newest = max(times) if times else None
-        last_offset = records[-1].offset if records else -1
         self.routed += sum(map(len, by_key.values()))
-        encoded = self.encode(topic, partition, partitions, newest, last_offset, by_key)
-        return IngestResult(encoded, dead_letters, len(records) - len(dead_letters) - duplicates)
+        source = (topic, partition, partitions)
+        newest = max(times) if times else None
+        return RoutedBatch.of(source, records, newest, by_key, dead_letters, duplicates)
 
     def encode(
         self,
@@ -237,14 +336,14 @@ class Aggregator:
         for record in records:
             if record.offset < owned.next_offset:
                 continue
-            decoded = decode_observations(record.value)
-            self.applied += owned.apply_groups(
-                (decoded.topic, decoded.partition, decoded.partitions),
-                decoded.newest,
-                decoded.last_offset,
-                decoded.groups,
-                now,
-            )
+            for decoded in decode_observation_records(record.value):
+                self.applied += owned.apply_groups(
+                    (decoded.topic, decoded.partition, decoded.partitions),
+                    decoded.newest,
+                    decoded.last_offset,
+                    decoded.groups,
+                    now,
+                )
             owned.next_offset = record.offset + 1
         return owned.close_due(now)
 

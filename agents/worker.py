@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -32,7 +32,8 @@ from agents.exporter import WorkerCollector
 from agents.health import BrokerProbe, Outage
 from agents.kpis import KpiIngestor, sample_routes
 from agents.links import LinkBoard, encode_windows
-from agents.pipeline import Aggregator, Ingestor, IngestResult
+from agents.outbox import Outbox
+from agents.pipeline import Aggregator, Ingestor, IngestResult, RoutedBatch
 from models.aggregation import ClosedWindow
 from models.errors import CpimonError
 from models.routing import Router
@@ -64,6 +65,8 @@ class Worker:
     registry: CollectorRegistry
     #: Holes the consumer met in the worker's own topics (kept by the app).
     fetch_holes: FetchHoles
+    #: Stage 1's outboxes, by agent name.
+    outboxes: dict[str, Outbox] = dataclasses.field(default_factory=dict)
 
 
 def all_segments_views(catalog: Catalog) -> list[Indicator]:
@@ -181,14 +184,23 @@ async def _deliver(worker: Worker, records: list[OutgoingRecord]) -> None:
     )
 
 
-async def _send_result(worker: Worker, result: IngestResult) -> None:
+async def _send_results(worker: Worker, results: list[IngestResult]) -> None:
+    """One delivery: one record per observation partition, holding every source's
+    observations back to back, and the dead letters."""
     settings = worker.settings
+    by_target: dict[int, list[bytes]] = {}
+    for result in results:
+        for target, value in result.records.items():
+            by_target.setdefault(target, []).append(value)
+    # One record per partition, not one per source: on the Tansu test broker, several
+    # records sent at once to one partition sometimes left a send unanswered for good.
     records: list[OutgoingRecord] = [
-        (settings.observations_topic, None, value, target, None)
-        for target, value in result.records.items()
+        (settings.observations_topic, None, b"".join(values), target, None)
+        for target, values in by_target.items()
     ]
     records += [
         (settings.dead_letter_topic, letter.key, letter.value, None, letter.headers())
+        for result in results
         for letter in result.dead_letters
     ]
     await _deliver(worker, records)
@@ -200,23 +212,29 @@ def _wire_ingest(worker: Worker) -> None:
     def partitions_of(batch: RecordBatch) -> int:
         return app.consumer.topic_partitions(batch.topic) or batch.partition + 1
 
-    @app.agent(topics.events, name="cpimon.ingest")
-    async def ingest(batches: StreamT[RecordBatch]) -> None:
-        async for batch in batches:
-            result = worker.ingestor.process(
-                batch.topic, batch.partition, partitions_of(batch), batch.records, time.time()
-            )
-            await _send_result(worker, result)
+    async def deliver(results: list[IngestResult]) -> None:
+        await _send_results(worker, results)
 
-    if sample_routes(worker.catalog):
+    def wire(topic: Any, name: str, route: Callable[..., RoutedBatch]) -> None:
+        # One outbox per input topic for the worker's life: an agent restarted by its
+        # supervisor must not start a delivery beside one still in flight.
+        outbox = worker.outboxes[name] = Outbox(worker.ingestor.finish, deliver)
 
-        @app.agent(topics.kpis, name="cpimon.ingest_kpis")
-        async def ingest_kpis(batches: StreamT[RecordBatch]) -> None:
-            async for batch in batches:
-                result = worker.kpi_ingestor.process(
+        @app.agent(topic, name=name)
+        async def ingest(batches: StreamT[RecordBatch]) -> None:
+            # Acked by the outbox once the batch's records are stored.
+            manual = cast(Stream, batches).noack()
+            outbox.ack = manual.ack
+            async for event in manual.events():
+                batch: RecordBatch = event.value
+                routed = route(
                     batch.topic, batch.partition, partitions_of(batch), batch.records, time.time()
                 )
-                await _send_result(worker, result)
+                await outbox.put(routed, event)
+
+    wire(topics.events, "cpimon.ingest", worker.ingestor.route)
+    if sample_routes(worker.catalog):
+        wire(topics.kpis, "cpimon.ingest_kpis", worker.kpi_ingestor.route)
 
 
 def _wire_aggregate(worker: Worker) -> None:

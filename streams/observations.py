@@ -1,7 +1,7 @@
 """The records of the observations topic (stage 1 ingest → stage 2 aggregate), as bytes.
 
-One record carries what one input batch routed to one observation partition,
-grouped by series key, in a compact little-endian layout::
+One record carries what consecutive input batches of one source partition routed to
+one observation partition, grouped by series key, in a compact little-endian layout::
 
     header   magic "cpo1", source partition u32, its partition count u32,
              newest event time f64 (NaN: none), last input offset i64,
@@ -14,6 +14,10 @@ Within a group observations keep the input order, so applying the groups one
 after the other gives every series the same sequence of values as applying the
 observations one by one.  Packing and unpacking the numbers are single C calls
 per group (``struct``), where JSON cost a parse and a list per observation.
+
+A record of the topic may hold several such records back to back, one per input
+partition (:func:`decode_observation_records`): stage 1 sends one record per
+observation partition and delivery, whatever the number of sources in it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ __all__ = [
     "ObservationGroup",
     "ObservationRecord",
     "ObservationRecordError",
+    "decode_observation_records",
     "decode_observations",
     "encode_observations",
 ]
@@ -107,13 +112,38 @@ def encode_observations(
 def decode_observations(data: bytes) -> ObservationRecord:
     """Inverse of :func:`encode_observations`; :class:`ObservationRecordError` if the
     bytes are not such a record (truncated, trailing bytes, bad magic or text)."""
+    record, position = _decode_at(data, 0)
+    if position != len(data):
+        raise _corrupt(f"has {len(data) - position} bytes after its last group")
+    return record
+
+
+def decode_observation_records(data: bytes) -> list[ObservationRecord]:
+    """The records of one value holding one or more encoded records back to back.
+
+    >>> one = encode_observations("events", 0, 2, 1.0, 3, [("a", [(1.0, 1.0, 3)])])
+    >>> two = encode_observations("events", 1, 2, 2.0, 8, [("a", [(2.0, 0.0, 8)])])
+    >>> [(r.partition, r.last_offset) for r in decode_observation_records(one + two)]
+    [(0, 3), (1, 8)]
+    """
+    records = []
+    position = 0
+    while True:
+        record, position = _decode_at(data, position)
+        records.append(record)
+        if position == len(data):
+            return records
+
+
+def _decode_at(data: bytes, start: int) -> tuple[ObservationRecord, int]:
+    """The record starting at ``start``, and where it ends."""
     try:
         magic, partition, partitions, newest, last_offset, name_size, count = _HEADER.unpack_from(
-            data
+            data, start
         )
         if magic != MAGIC:
             raise _corrupt(f"starts with {bytes(magic)!r}, not {MAGIC!r}")
-        position = _HEADER.size
+        position = start + _HEADER.size
         end = position + name_size
         if end > len(data):
             raise _corrupt("truncated in the topic name")
@@ -137,9 +167,7 @@ def decode_observations(data: bytes) -> ObservationRecord:
             )
     except (struct.error, UnicodeDecodeError) as error:
         raise _corrupt(f"cannot be read ({error})") from None
-    if position != len(data):
-        raise _corrupt(f"has {len(data) - position} bytes after its last group")
-    return ObservationRecord(
+    record = ObservationRecord(
         topic,
         partition,
         partitions,
@@ -147,6 +175,7 @@ def decode_observations(data: bytes) -> ObservationRecord:
         last_offset,
         groups,
     )
+    return record, position
 
 
 def _corrupt(problem: str) -> ObservationRecordError:

@@ -21,7 +21,7 @@ from models import state
 from models.aggregation import PartitionSeries
 from models.spec import Catalog
 from streams.checkpoints import ID_HEADER
-from streams.observations import decode_observations
+from streams.observations import decode_observation_records
 from tests.support import topic_records
 
 
@@ -66,23 +66,25 @@ def observation_history(
     # (input topic, input partition, input offset, series): whether stage 1 wrote them all.
     distinct: set[tuple[str, int, int, str]] = set()
     for record in records:
-        decoded = decode_observations(record.value)
         aggregator.process(record.partition, [record], time.time())
-        for group in decoded.groups:
-            distinct.update(
-                (decoded.topic, decoded.partition, offset, group.key) for offset in group.offsets
+        for decoded in decode_observation_records(record.value):
+            for group in decoded.groups:
+                distinct.update(
+                    (decoded.topic, decoded.partition, offset, group.key)
+                    for offset in group.offsets
+                )
+            lines.append(
+                {
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "source": f"{decoded.topic}[{decoded.partition}]",
+                    "last_offset": decoded.last_offset,
+                    "groups": {
+                        group.key.replace("\x1f", "/"): list(group.offsets)
+                        for group in decoded.groups
+                    },
+                }
             )
-        lines.append(
-            {
-                "partition": record.partition,
-                "offset": record.offset,
-                "source": f"{decoded.topic}[{decoded.partition}]",
-                "last_offset": decoded.last_offset,
-                "groups": {
-                    group.key.replace("\x1f", "/"): list(group.offsets) for group in decoded.groups
-                },
-            }
-        )
     checkpoints = _checkpoints(topic_records(bootstrap, checkpoint_topic))
     with path.open("wb") as out:
         for line in lines:

@@ -14,7 +14,8 @@ from typing import Any, cast
 
 import pytest
 
-from agents.worker import DELIVERY_ATTEMPTS, OutgoingRecord, _deliver
+from agents.pipeline import IngestResult
+from agents.worker import DELIVERY_ATTEMPTS, OutgoingRecord, _deliver, _send_results
 from models.errors import CheckpointError, CpimonError
 from streams.checkpoints import CheckpointStore
 from tests.unit.test_exporter import Worker as Stages
@@ -112,3 +113,22 @@ def test_a_stored_checkpoint_is_counted() -> None:
     asyncio.run(store.save(3, b"state"))
     assert store.saved == 1
     assert broker.stored == [("checkpoints", b"state")]
+
+
+def test_one_delivery_sends_one_record_per_observation_partition() -> None:
+    broker = Broker(iter([]))
+    stages = stages_with(broker)
+    cast(Any, stages).settings = SimpleNamespace(
+        observations_topic="observations", dead_letter_topic="dead-letters"
+    )
+    letter = SimpleNamespace(key=b"k", value=b"{", headers=lambda: [("reason", b"invalid_json")])
+    results = [
+        IngestResult({0: b"source 0 to 0", 1: b"source 0 to 1"}, [], 3),
+        IngestResult({0: b"source 1 to 0", 1: b"source 1 to 1"}, [cast(Any, letter)], 2),
+    ]
+    asyncio.run(_send_results(cast(Any, stages), results))
+    assert broker.stored == [
+        ("observations", b"source 0 to 0source 1 to 0"),
+        ("observations", b"source 0 to 1source 1 to 1"),
+        ("dead-letters", b"{"),
+    ]

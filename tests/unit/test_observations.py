@@ -14,6 +14,7 @@ from streams.observations import (
     MAGIC,
     ObservationGroup,
     ObservationRecordError,
+    decode_observation_records,
     decode_observations,
     encode_observations,
 )
@@ -116,3 +117,16 @@ def test_a_group_longer_than_the_record_is_refused() -> None:
     header = struct.pack("<4sIIdqHI", MAGIC, 0, 1, 1.0, 0, 1, 1) + b"t"
     with pytest.raises(ObservationRecordError):
         decode_observations(header + struct.pack("<II", 1, 1000) + b"k" + b"\x00" * 24)
+
+
+def test_records_back_to_back_decode_one_by_one() -> None:
+    first = encode_observations("events", 0, 2, 10.0, 41, [("a", [(10.0, 1.0, 41)])])
+    second = encode_observations("events", 1, 2, None, 7, [])
+    third = encode_observations("kpis", 0, 1, 12.5, 3, [("b", [(12.5, 2.0, 3), (12.0, 4.0, 2)])])
+    decoded = decode_observation_records(first + second + third)
+    assert decoded == [decode_observations(part) for part in (first, second, third)]
+    assert decode_observation_records(first) == [decode_observations(first)]
+    with pytest.raises(ObservationRecordError, match="cannot be read"):
+        decode_observation_records(first + second[:10])
+    with pytest.raises(ObservationRecordError, match="bytes after its last group"):
+        decode_observations(first + second)
