@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -206,6 +206,26 @@ async def _send_results(worker: Worker, results: list[IngestResult]) -> None:
     await _deliver(worker, records)
 
 
+def _acker(stream: StreamT[Any]) -> Callable[[tuple[Any, float]], Awaitable[None]]:
+    """``Stream.ack`` for receipts ``(event, monotonic time received)``, with Faust's event
+    runtime sensors fed (``faust_events_runtime_ms``): a noack stream drops the sensor
+    state, so its runtime would go unrecorded.  The runtime of a batch of stage 1 runs
+    from its receipt until its records are stored."""
+    sensors = stream.app.sensors
+
+    async def ack(receipt: tuple[Any, float]) -> None:
+        event, received = receipt
+        last_stream_to_ack = event.ack()
+        message = event.message
+        # Faust's Monitor sensors read "time_in" (monotonic) from their state.
+        state = {sensor: {"time_in": received} for sensor in sensors}
+        sensors.on_stream_event_out(message.tp, message.offset, stream, event, state)
+        if last_stream_to_ack:
+            sensors.on_message_out(message.tp, message.offset, message)
+
+    return ack
+
+
 def _wire_ingest(worker: Worker) -> None:
     app, topics = worker.app, worker.topics
 
@@ -224,13 +244,14 @@ def _wire_ingest(worker: Worker) -> None:
         async def ingest(batches: StreamT[RecordBatch]) -> None:
             # Acked by the outbox once the batch's records are stored.
             manual = cast(Stream, batches).noack()
-            outbox.ack = manual.ack
+            outbox.ack = _acker(manual)
             async for event in manual.events():
+                received = time.monotonic()
                 batch: RecordBatch = event.value
                 routed = route(
                     batch.topic, batch.partition, partitions_of(batch), batch.records, time.time()
                 )
-                await outbox.put(routed, event)
+                await outbox.put(routed, (event, received))
 
     wire(topics.events, "cpimon.ingest", worker.ingestor.route)
     if sample_routes(worker.catalog):
