@@ -29,9 +29,13 @@ from bench.raw_loop import RiverWork
 
 
 def build_app(broker: str, topic: str, expected: int, result: Path) -> faust.App:
+    app_id = f"bench-stock-{uuid.uuid4().hex[:8]}"
     app = faust.App(
-        f"bench-stock-{uuid.uuid4().hex[:8]}",
+        app_id,
         broker=broker,
+        # Beside the result, in the bench's work directory: Faust's default is the
+        # current directory, which collected one empty data directory per run.
+        datadir=str(result.parent / f"{app_id}-data"),
         store="memory://",
         autodiscover=False,
         web_enabled=False,
