@@ -8,14 +8,14 @@ trips alone filled the agent's time and the events queued for seconds.
 
 :class:`Outbox` keeps routing while a delivery is in flight.  The batches routed
 meanwhile wait, merged per source partition (:meth:`RoutedBatch.absorb`), and go
-out as the next delivery, one record per source and observation partition, as
-soon as the one in flight is stored.  Batches are acked after their delivery, in
-the order they came.
+out as the next delivery as soon as the one in flight is stored: one record per
+observation partition, every source's observations back to back in it.  Batches
+are acked after their delivery, in the order they came.
 
 Order matters to stage 2, which drops observations of a source older than those
 it has applied (replays).  Deliveries never overlap, and a delivery holds one
-record per source and observation partition, so a record resent by ``_deliver``
-is still stored before anything later of its source.  A delivery that fails for
+record per observation partition, so a record resent by ``_deliver`` is still
+stored before anything later of its source.  A delivery that fails for
 good leaves the outbox failed: nothing later is sent or acked (it would be stored
 ahead of the failed records), and every later :meth:`Outbox.put` raises.
 """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -65,8 +66,6 @@ class Worker:
     registry: CollectorRegistry
     #: Holes the consumer met in the worker's own topics (kept by the app).
     fetch_holes: FetchHoles
-    #: Stage 1's outboxes, by agent name.
-    outboxes: dict[str, Outbox] = dataclasses.field(default_factory=dict)
 
 
 def all_segments_views(catalog: Catalog) -> list[Indicator]:
@@ -155,7 +154,7 @@ async def _deliver(worker: Worker, records: list[OutgoingRecord]) -> None:
     Faust flushes the producer before it commits, but a record whose send failed is
     flushed too: without this check its input offset would be committed and the record
     lost.  Waiting here keeps each partition's records in order (a resent record is
-    stored before the next batch's), which stage 2's replay detection relies on.
+    stored before the next delivery's), which stage 2's replay detection relies on.
     """
     producer = worker.app.producer
     pending = records
@@ -179,8 +178,8 @@ async def _deliver(worker: Worker, records: list[OutgoingRecord]) -> None:
         await asyncio.sleep(0.1 * attempt)
     raise CpimonError(
         f"the broker did not store {len(pending)} records for {pending[0][0]} after "
-        f"{DELIVERY_ATTEMPTS} attempts; check the broker's health. The worker stops without "
-        "committing them, and the next owner of its partitions processes them again."
+        f"{DELIVERY_ATTEMPTS} attempts; check the broker's health. Stage 1 stops without "
+        "committing them; once the worker is restarted, they are processed again."
     )
 
 
@@ -232,13 +231,10 @@ def _wire_ingest(worker: Worker) -> None:
     def partitions_of(batch: RecordBatch) -> int:
         return app.consumer.topic_partitions(batch.topic) or batch.partition + 1
 
-    async def deliver(results: list[IngestResult]) -> None:
-        await _send_results(worker, results)
-
     def wire(topic: Any, name: str, route: Callable[..., RoutedBatch]) -> None:
         # One outbox per input topic for the worker's life: an agent restarted by its
         # supervisor must not start a delivery beside one still in flight.
-        outbox = worker.outboxes[name] = Outbox(worker.ingestor.finish, deliver)
+        outbox = Outbox(worker.ingestor.finish, functools.partial(_send_results, worker))
 
         @app.agent(topic, name=name)
         async def ingest(batches: StreamT[RecordBatch]) -> None:
