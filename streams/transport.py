@@ -33,12 +33,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from aiokafka.errors import ConsumerStoppedError
 from faust.serializers import codecs
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, ConsumerMessage, Message
 from faust.types.tuples import ack_lock
 from mode import ServiceT
+
+from streams import fetching
 
 BATCH_CODEC = "cpimon-batch"
 
@@ -105,8 +108,8 @@ def contiguous_prefix(
 class RecordBatch:
     """The records of one partition from one fetch, in offset order.
 
-    ``records`` are aiokafka ``ConsumerRecord`` objects (``.value``,
-    ``.offset``, ``.headers``, ``.timestamp``...).
+    ``records`` are the record objects of aiokafka's parser (``.offset``, ``.key``,
+    ``.value``, ``.headers``, ``.timestamp``; see streams/fetching.py).
     """
 
     __slots__ = ("partition", "records", "topic")
@@ -170,7 +173,8 @@ def tune_gc_for_batches() -> None:
 
 
 class BatchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
-    """Faust's aiokafka consumer thread, with a shorter fetch wait.
+    """Faust's aiokafka consumer thread, with a shorter fetch wait (``fetch_max_wait``
+    of the app, from CPIMON_FETCH_MAX_WAIT).
 
     aiokafka keeps one fetch request in flight per broker, for every assigned
     partition it holds no unread records of.  Faust asks brokers to hold a fetch up
@@ -178,8 +182,8 @@ class BatchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     a quiet topic such as the KPI topic) while the agents work through the others'
     records, the next fetch for the busy partitions waits for that hold to expire:
     the worker stalls for up to 1.5 s at a time (seen in ``make bench`` as gaps of
-    1.1-1.5 s between batches).  With :attr:`fetch_max_wait_ms` an idle fetch
-    costs one small request every 100 ms per broker instead.
+    1.1-1.5 s between batches).  With a wait of 100 ms an idle fetch costs one small
+    request every 100 ms per broker instead.
     """
 
     @property
@@ -195,6 +199,31 @@ class BatchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
             raise RuntimeError("aiokafka changed: review BatchConsumerThread")
         consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
         return consumer
+
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: set[TP],
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        # Faust's _fetch_records, with the bulk unpacking of streams/fetching.py for
+        # the batch topics.
+        fetcher = consumer._fetcher
+        if not fetching.supported(fetcher):  # pragma: no cover - aiokafka changed
+            return await super()._fetch_records(consumer, active_partitions, timeout, max_records)
+        if not self.consumer.flow_active:
+            return {}
+        if consumer._closed or fetcher._closed:
+            raise ConsumerStoppedError()
+        with fetcher._subscriptions.fetch_context():
+            return await fetching.fetched_records(
+                fetcher,
+                active_partitions,
+                BatchConsumer.batch_topics,
+                timeout=timeout or 0,
+                max_records=max_records,
+            )
 
 
 class BatchConsumer(aiokafka_driver.Consumer):
@@ -293,7 +322,9 @@ class BatchConsumer(aiokafka_driver.Consumer):
             RecordBatch(tp.topic, tp.partition, records),
             None,
             0,
-            sum(record.serialized_value_size for record in records),
+            # Records of batch topics are aiokafka's C records (streams/fetching.py),
+            # which do not carry their size: the size of the values stands in.
+            sum(len(record.value) for record in records if record.value is not None),
             tp,
             generation_id=self.app.consumer_generation_id,
         )
