@@ -50,10 +50,9 @@ import orjson
 
 from agents.demo import EMBEDDED_BROKER_ENV, scrape, stop_process
 from bench.common import cpu_seconds, start_worker
-from bench.series_memory import bytes_per_series
+from bench.series_memory import bytes_per_dedupe_id, bytes_per_series
 from models.aggregation import PartitionSeries
 from models.catalog import load_catalog
-from models.dedupe import RecentIds
 from streams.broker import EmbeddedBroker, free_port
 from streams.settings import Settings
 
@@ -280,7 +279,7 @@ def summarize(samples: list[Sample], warmup: float, args: argparse.Namespace) ->
             f"bytes per active series (open window, {PartitionSeries.HISTORY} closed windows, "
             f"drop detector; bench/series_memory.py): mean {mean:,.0f}, max {most:,.0f}"
         )
-    dedupe = RecentIds(args.dedupe_horizon).nbytes
+    dedupe = bytes_per_dedupe_id(args.dedupe_horizon) * args.dedupe_horizon
     print(
         f"dedupe: {dedupe / 1e6:.1f} MB per input partition (horizon "
         f"{args.dedupe_horizon:,d} ids, {dedupe / args.dedupe_horizon:.0f} bytes per id), "
