@@ -322,9 +322,9 @@ class BatchConsumer(aiokafka_driver.Consumer):
             RecordBatch(tp.topic, tp.partition, records),
             None,
             0,
-            # Records of batch topics are aiokafka's C records (streams/fetching.py),
-            # which do not carry their size: the size of the values stands in.
-            sum(len(record.value) for record in records if record.value is not None),
+            # serialized_value_size: Faust sets it and never reads it; summing the
+            # values' lengths (aiokafka's C records carry no size) took 2 % of the worker.
+            0,
             tp,
             generation_id=self.app.consumer_generation_id,
         )
