@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from agents.pipeline import Ingestor, IngestResult, RoutedBatch
+from agents.pipeline import Ingestor, RoutedBatch
 from models.errors import EventRejected
 from models.routing import Router
 from models.spec import Catalog, Indicator
@@ -38,11 +38,6 @@ class KpiIngestor:
     def __init__(self, catalog: Catalog, ingestor: Ingestor) -> None:
         self.router = Router.compile(catalog, sample_routes(catalog))
         self.ingestor = ingestor
-
-    def process(
-        self, topic: str, partition: int, partitions: int, records: Sequence[Any], now: float
-    ) -> IngestResult:
-        return self.ingestor.finish(self.route(topic, partition, partitions, records, now))
 
     def route(
         self, topic: str, partition: int, partitions: int, records: Sequence[Any], now: float

@@ -167,15 +167,14 @@ def _decode_at(data: bytes, start: int) -> tuple[ObservationRecord, int]:
             )
     except (struct.error, UnicodeDecodeError) as error:
         raise _corrupt(f"cannot be read ({error})") from None
-    record = ObservationRecord(
+    return ObservationRecord(
         topic,
         partition,
         partitions,
         None if newest != newest else newest,
         last_offset,
         groups,
-    )
-    return record, position
+    ), position
 
 
 def _corrupt(problem: str) -> ObservationRecordError:

@@ -34,7 +34,7 @@ def test_answers_like_a_deque_of_the_last_capacity_ids(capacity: int, ids: list[
 
 
 def _same_home(message_id: str) -> int:
-    """Every id hashes to the table's last slot: one probe run wrapping round the end."""
+    """Every id's hash has the same low 32 bits: the ids collide in the set's table."""
     return (int(message_id[1:]) + 1) << 32 | 0xFFFF_FFFF
 
 
@@ -45,7 +45,7 @@ def _four_homes(message_id: str) -> int:
 @pytest.mark.parametrize("hash_function", [_same_home, _four_homes])
 @pytest.mark.parametrize("capacity", [1, 2, 3, 5, 13, 50])
 def test_colliding_hashes_stay_exact(hash_function: object, capacity: int) -> None:
-    """Deleting from long, wrapped probe runs must leave every remaining id findable."""
+    """Forgetting ids whose hashes collide must leave every remaining id findable."""
     rng = random.Random(capacity)
     recent = RecentIds(capacity, hash_function=hash_function)  # type: ignore[arg-type]
     _check_against_model(recent, [f"m{rng.randrange(3 * capacity)}" for _ in range(4000)])
