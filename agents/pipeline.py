@@ -21,7 +21,7 @@ from agents.metrics import DelayHistogram
 from models.aggregation import ClosedWindow, PartitionSeries
 from models.dedupe import RecentIds
 from models.errors import EventRejected
-from models.routing import Router
+from models.routing import Groups, Router
 from models.spec import Catalog
 from streams.codec import decode_event
 from streams.deadletter import DeadLetter
@@ -57,7 +57,7 @@ class RoutedBatch:
     newest: float | None
     last_offset: int
     #: Series key → its (event time, value, input offset) observations, in input order.
-    by_key: dict[str, list[tuple[float, float, int]]]
+    by_key: Groups
     dead_letters: list[DeadLetter]
     accepted: int
     #: Input records the batches held.
@@ -69,7 +69,7 @@ class RoutedBatch:
         source: tuple[str, int, int],
         records: Sequence[Any],
         newest: float | None,
-        by_key: dict[str, list[tuple[float, float, int]]],
+        by_key: Groups,
         dead_letters: list[DeadLetter],
         duplicates: int = 0,
     ) -> RoutedBatch:
@@ -190,8 +190,7 @@ class Ingestor:
     ) -> RoutedBatch:
         """Decode, validate, dedupe and route one batch; the counters move now."""
         # Series key → its (event time, value, input offset) observations, in input order.
-        by_key: dict[str, list[tuple[float, float, int]]] = {}
-        group_of = by_key.get
+        by_key: Groups = {}
         dead_letters: list[DeadLetter] = []
         times: list[float] = []
         keep_time = times.append
@@ -223,14 +222,7 @@ class Ingestor:
                 duplicates += 1
                 continue
             keep_time(event_time)
-            observations = plan_for(name, event)(name, event)  # Router.observe, inlined
-            if observations:
-                offset = record.offset
-                for key, value in observations:
-                    group = group_of(key)
-                    if group is None:
-                        group = by_key[key] = []
-                    group.append((event_time, value, offset))
+            plan_for(name, event)(name, event, by_key, event_time, record.offset)
         self._observe_delays(now, times)
         self.consumed[topic] = self.consumed.get(topic, 0) + len(records)
         if duplicates:

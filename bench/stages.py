@@ -1,7 +1,7 @@
 """In-memory cost of each worker stage, per event, without Kafka.
 
 ``python -m bench.stages``: simulated journey events (the bench's seed) are
-encoded once, then timed through ``decode_event``, ``Router.observe``, the whole
+encoded once, then timed through ``decode_event``, the routing plans, the whole
 ``Ingestor.process`` and ``Aggregator.process``.  Each stage runs ``--repeat``
 times; the least CPU time of the process is reported, in µs per input event
 (CPU time, and the least of several, because the machine is shared: wall time
@@ -21,7 +21,7 @@ import orjson
 
 from agents.pipeline import Aggregator, Ingestor
 from models.catalog import load_catalog
-from models.routing import Router
+from models.routing import Groups, Router
 from streams.codec import decode_event
 from streams.simulator import JourneySimulator
 
@@ -64,9 +64,12 @@ def measure(events: int = 50_000, batch: int = 2_500, repeat: int = 5) -> dict[s
     observations = sum(len(router.observe(name, event)) for name, _when, event in decoded)
 
     def route() -> None:
-        observe = router.observe
-        for name, _when, event in decoded:
-            observe(name, event)
+        # As the ingest loop runs it: the plan appends to the batch's groups.
+        plan_for = router.plan
+        for chunk in range(0, len(decoded), batch):
+            groups: Groups = {}
+            for offset, (name, when, event) in enumerate(decoded[chunk : chunk + batch], chunk):
+                plan_for(name, event)(name, event, groups, when, offset)
 
     def ingest() -> list[dict[int, bytes]]:
         stage = Ingestor(Router.compile(catalog), 4)

