@@ -52,7 +52,7 @@ def replay(windows: int, incidents: Sequence[str] = ()) -> dict[str, Verdicts]:
     for offset, event in enumerate(simulator.events(count, rate=ALERTS_RATE)):
         name = event.get("event") or event["name"]
         now = START + offset / ALERTS_RATE
-        batch += [[key, now, value, offset] for key, value in router.plan(name, event)(name, event)]
+        batch += [[key, now, value, offset] for key, value in router.observe(name, event)]
         if len(batch) < BATCH and offset < count - 1:
             continue
         part.apply(("events", 0, 1), now, offset, batch, now=now)

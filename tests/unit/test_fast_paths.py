@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from agents.metrics import DELAY_BUCKETS, DelayHistogram
 from agents.pipeline import Ingestor
 from models.errors import EventRejected
-from models.routing import Router
+from models.routing import Groups, Router
 from models.spec import Catalog, Indicator, Measure, MeasureKind, Scalar, Segment
 from streams import codec
 from streams.codec import decode_event
@@ -141,7 +141,13 @@ def test_star_routes_are_indexed_by_their_top_level_filter() -> None:
     assert router.observe("Home", {"type": "page", "p": {"ms": 5}}) == [("latency", 5.0)]
     # Events whose type cannot match run a plan without the route at all.
     plan = router.plan("Home", {"type": "track", "p": {"ms": 5}})
-    assert plan("Home", {"type": "track", "p": {"ms": 5}}) == []
+    groups: Groups = {}
+    plan("Home", {"type": "track", "p": {"ms": 5}}, groups, 1.0, 7)
+    assert groups == {}
+    router.plan("Home", {"type": "page", "p": {"ms": 5}})(
+        "Home", {"type": "page", "p": {"ms": 6}}, groups, 1.0, 7
+    )
+    assert groups == {"latency": [(1.0, 6.0, 7)]}
     assert "latency" not in router.sources[(None, None)]
     assert router.observe("Home", {"type": ["page"], "p": {"ms": 5}}) == []  # unhashable
     assert router.unmeasurable() == {"latency": 0}
