@@ -8,7 +8,7 @@ from typing import Any
 
 from agents.pipeline import Ingestor, RoutedBatch
 from models.errors import EventRejected
-from models.routing import Router
+from models.routing import Groups, Router
 from models.spec import Catalog, Indicator
 from streams.codec import decode_kpi_sample
 from streams.deadletter import DeadLetter
@@ -43,7 +43,7 @@ class KpiIngestor:
         self, topic: str, partition: int, partitions: int, records: Sequence[Any], now: float
     ) -> RoutedBatch:
         ingestor = self.ingestor
-        by_key: dict[str, list[tuple[float, float, int]]] = {}
+        by_key: Groups = {}
         dead_letters = []
         newest: float | None = None
         for record in records:
@@ -69,8 +69,7 @@ class KpiIngestor:
                 continue
             newest = event_time if newest is None else max(newest, event_time)
             sample = {"kpi": name, "value": value, "dims": dims}
-            for key, measured in self.router.observe(name, sample):
-                by_key.setdefault(key, []).append((event_time, measured, record.offset))
+            self.router.plan(name, sample)(name, sample, by_key, event_time, record.offset)
         ingestor.consumed[topic] = ingestor.consumed.get(topic, 0) + len(records)
         for letter in dead_letters:
             reason = (topic, letter.reason)
